@@ -1,0 +1,244 @@
+//! Configuration: built-in defaults, then an optional TOML file (`ALLO_CONFIG`), then `ALLO_*`
+//! environment variables (nested keys with `__`, e.g. `ALLO_JETSTREAM__ACK_WAIT_SECS`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The secret a dev stack signs tokens with; production refuses to start with it.
+pub const DEV_JWT_SECRET: &str = "allo-dev-secret-do-not-use-in-production";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Every setting of every binary, in one place.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// `dev` or `production`; production refuses the built-in JWT secret.
+    pub environment: Environment,
+    pub database_url: String,
+    pub nats_url: String,
+    /// HS256 secret for bearer tokens and socket handshakes. Never logged.
+    pub jwt_secret: String,
+    pub api_addr: SocketAddr,
+    pub fanout_addr: SocketAddr,
+    /// Namespaces subjects, streams and consumers so deployments (and test runs) can share NATS.
+    pub subject_prefix: String,
+    /// Apply migrations when `allo-workers` starts (they are also `allo-workers migrate`).
+    pub migrate_on_start: bool,
+    /// Postgres connections per process: bounded so N processes cannot exhaust the server.
+    pub database_max_connections: u32,
+    pub jetstream: JetStreamSettings,
+    pub limits: Limits,
+    pub worker: WorkerSettings,
+    /// Origins allowed by CORS on the API; empty means same-origin only.
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Dev,
+    Production,
+}
+
+/// Stream and consumer settings; see docs/nats.md for what each protects.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JetStreamSettings {
+    /// Window in which a repeated `Nats-Msg-Id` is dropped by the command stream.
+    pub duplicate_window_secs: u64,
+    /// How long the event stream keeps events (the Postgres event log keeps them for good).
+    pub event_max_age_secs: u64,
+    /// A command not acked this long after delivery is redelivered.
+    pub ack_wait_secs: u64,
+    /// Deliveries that may run a command; the next one dead-letters it without running it.
+    pub max_deliver: i64,
+    /// Unacked commands per pool, across all its processes.
+    pub max_ack_pending: i64,
+    /// Largest command backlog kept; past it ingress answers 503 instead of growing forever.
+    pub command_max_messages: i64,
+    pub replicas: usize,
+}
+
+/// Input limits; every size and count a client controls is bounded here.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    pub message_max_chars: usize,
+    pub topic_max_chars: usize,
+    pub participants_max: usize,
+    pub body_max_bytes: usize,
+    /// Longest `Prefer: wait=<s>` honoured.
+    pub wait_max_secs: u64,
+    pub history_page_max: i64,
+    /// Longest `Idempotency-Key` accepted.
+    pub idempotency_key_max_chars: usize,
+}
+
+/// Worker pool tuning.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerSettings {
+    /// Commands fetched per pull request.
+    pub batch_size: usize,
+    /// How often the outbox relay looks for committed events that were never published.
+    pub relay_interval_ms: u64,
+    /// Age before the relay takes over an unpublished event (the worker normally publishes it).
+    pub relay_grace_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            environment: Environment::Dev,
+            database_url: "postgres://postgres@127.0.0.1:5432/allo".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            jwt_secret: DEV_JWT_SECRET.into(),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            fanout_addr: SocketAddr::from(([127, 0, 0, 1], 5001)),
+            subject_prefix: "allo".into(),
+            migrate_on_start: true,
+            database_max_connections: 10,
+            jetstream: JetStreamSettings {
+                duplicate_window_secs: 600,
+                event_max_age_secs: 7 * 24 * 3600,
+                ack_wait_secs: 30,
+                max_deliver: 5,
+                max_ack_pending: 2000,
+                command_max_messages: 1_000_000,
+                replicas: 1,
+            },
+            limits: Limits {
+                message_max_chars: 4096,
+                topic_max_chars: 200,
+                participants_max: 1000,
+                body_max_bytes: 64 * 1024,
+                wait_max_secs: 30,
+                history_page_max: 100,
+                idempotency_key_max_chars: 200,
+            },
+            worker: WorkerSettings {
+                batch_size: 64,
+                relay_interval_ms: 1000,
+                relay_grace_ms: 2000,
+            },
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then the file named by `ALLO_CONFIG` (if any), then `ALLO_*` variables.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::Config::try_from(&Settings::default())?);
+        if let Ok(path) = std::env::var("ALLO_CONFIG") {
+            builder = builder.add_source(config::File::with_name(&path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("ALLO")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("cors_origins")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Refuses settings that would run but be wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.environment == Environment::Production && self.jwt_secret == DEV_JWT_SECRET {
+            return Err(ConfigError::Invalid(
+                "ALLO_JWT_SECRET must be set in production (the built-in dev secret is public)"
+                    .into(),
+            ));
+        }
+        if self.jwt_secret.len() < 16 {
+            return Err(ConfigError::Invalid(
+                "ALLO_JWT_SECRET must be at least 16 bytes".into(),
+            ));
+        }
+        crate::subjects::validate_prefix(&self.subject_prefix).map_err(ConfigError::Invalid)?;
+        if self.jetstream.max_deliver < 1 || self.worker.batch_size == 0 {
+            return Err(ConfigError::Invalid(
+                "jetstream.max_deliver and worker.batch_size must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.jetstream.ack_wait_secs)
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    /// Hand-written so the JWT secret and database password never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("environment", &self.environment)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("nats_url", &redact_url(&self.nats_url))
+            .field("jwt_secret", &"<redacted>")
+            .field("api_addr", &self.api_addr)
+            .field("fanout_addr", &self.fanout_addr)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("jetstream", &self.jetstream)
+            .field("limits", &self.limits)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Drops a password from `scheme://user:password@host` before logging.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_refuses_the_dev_secret() {
+        let settings = Settings {
+            environment: Environment::Production,
+            ..Settings::default()
+        };
+        assert!(settings.validate().is_err());
+        let settings = Settings {
+            jwt_secret: "a-real-secret-of-enough-length".into(),
+            ..settings
+        };
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let settings = Settings {
+            database_url: "postgres://allo:hunter2@db/allo".into(),
+            ..Settings::default()
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains(DEV_JWT_SECRET));
+    }
+}

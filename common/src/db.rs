@@ -1,0 +1,30 @@
+//! Postgres pool and the embedded migrations (`migrations/` at the repository root).
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::config::Settings;
+
+/// A bounded pool: `database_max_connections` per process, and a short acquire timeout so an
+/// overloaded database shows up as an error rather than a hang.
+pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&settings.database_url)
+        .await
+}
+
+/// Same as [`connect`], but does not wait for the database to be up (readiness reports it).
+pub fn connect_lazy(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&settings.database_url)
+}
+
+/// Applies pending migrations. Takes an advisory lock, so concurrent starts are safe.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("../migrations").run(pool).await
+}

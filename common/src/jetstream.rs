@@ -1,0 +1,132 @@
+//! Stream and consumer provisioning, idempotent at every start: creates what is missing and
+//! updates what exists, so a config change takes effect on the next start of any binary.
+//!
+//! nats-server 2.9 silently ignores several newer settings; only settings 2.9 honours are used.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+use crate::config::Settings;
+use crate::ops::Pool;
+use crate::subjects::Subjects;
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not provision {what}: {source}")]
+pub struct ProvisionError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn failed<E: std::error::Error + Send + Sync + 'static>(what: &str) -> impl FnOnce(E) -> ProvisionError {
+    let what = what.to_string();
+    move |e| ProvisionError {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// The command stream: work-queue retention (a command is gone once acked), file storage,
+/// a duplicate window for `Nats-Msg-Id`, and a bound on the backlog (new commands are refused,
+/// not old ones dropped, when it is full).
+pub fn command_stream_config(settings: &Settings, subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: subjects.command_stream(),
+        description: Some("Allo commands, consumed by the worker pools".into()),
+        subjects: vec![subjects.all_commands()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        max_messages: settings.jetstream.command_max_messages,
+        max_message_size: (settings.limits.body_max_bytes * 2) as i32,
+        duplicate_window: Duration::from_secs(settings.jetstream.duplicate_window_secs),
+        num_replicas: settings.jetstream.replicas,
+        ..Default::default()
+    }
+}
+
+/// The event stream: limits retention with a max age; the Postgres event log is the record,
+/// this is the feed. Holds conversation events and user-addressed notices.
+pub fn event_stream_config(settings: &Settings, subjects: &Subjects) -> stream::Config {
+    stream::Config {
+        name: subjects.event_stream(),
+        description: Some("Allo committed events, per conversation and per user".into()),
+        subjects: vec![subjects.all_events(), subjects.all_users()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(settings.jetstream.event_max_age_secs),
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: settings.jetstream.replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// A pool's durable pull consumer, shared by all its processes. `max_deliver` is one more than
+/// the configured deliveries: the extra delivery only dead-letters the command, so a command
+/// that crashes its worker every time still ends with a readable status.
+pub fn pool_consumer_config(settings: &Settings, subjects: &Subjects, pool: Pool) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(subjects.pool_consumer(pool)),
+        description: Some(format!("Allo {} pool", pool.as_str())),
+        filter_subject: subjects.pool_commands(pool),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: settings.ack_wait(),
+        max_deliver: settings.jetstream.max_deliver + 1,
+        max_ack_pending: settings.jetstream.max_ack_pending,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
+
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), ProvisionError> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(_) => {
+            js.update_stream(config).await.map_err(failed(&format!("stream {name}")))?;
+        }
+        Err(e) if is_stream_not_found(&e) => {
+            js.create_stream(config).await.map_err(failed(&format!("stream {name}")))?;
+        }
+        Err(e) => return Err(failed(&format!("stream {name}"))(e)),
+    }
+    Ok(())
+}
+
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// Creates or updates both streams and every pool consumer.
+pub async fn provision(js: &jetstream::Context, settings: &Settings) -> Result<(), ProvisionError> {
+    let subjects = Subjects::new(&settings.subject_prefix);
+    ensure_stream(js, command_stream_config(settings, &subjects)).await?;
+    ensure_stream(js, event_stream_config(settings, &subjects)).await?;
+    let stream = js
+        .get_stream(subjects.command_stream())
+        .await
+        .map_err(failed("command stream"))?;
+    for pool in Pool::ALL {
+        // On 2.9 creating an existing durable updates it, which is what a restart wants.
+        stream
+            .create_consumer(pool_consumer_config(settings, &subjects, pool))
+            .await
+            .map_err(failed(&format!("consumer {}", pool.as_str())))?;
+    }
+    Ok(())
+}
+
+/// Connects to NATS with a name that shows in `nats-server` monitoring.
+pub async fn connect(settings: &Settings, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&settings.nats_url)
+        .await
+}

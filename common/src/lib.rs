@@ -1,0 +1,28 @@
+//! Allo's shared vocabulary, used by every binary.
+//!
+//! # Layout
+//! - [`config`]: one `Settings` struct, loaded from defaults, an optional file and `ALLO_*` env.
+//! - [`ids`]: newtypes for every id; a value that exists is valid.
+//! - [`auth`]: HS256 JWT verification and dev-token minting.
+//! - [`ops`]: one module per operation: the original's request body, its validation and the
+//!   command it becomes. HTTP and sockets share this code.
+//! - [`command`] / [`event`]: the wire envelopes on NATS (commands in, events out).
+//! - [`subjects`]: every NATS subject and stream name, derived from the subject prefix.
+//! - [`jetstream`]: idempotent stream and consumer provisioning.
+//! - [`db`]: Postgres pool and the embedded migrations.
+//! - [`error`]: domain error codes shared by workers (who find them) and ingress (who maps them).
+
+pub mod auth;
+pub mod command;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod jetstream;
+pub mod ops;
+pub mod subjects;
+pub mod telemetry;
+pub mod text;
+
+pub use config::Settings;

@@ -1,0 +1,232 @@
+//! The operations clients call, one module each. A module holds the original's request body,
+//! its validation, and the command it becomes. HTTP (`POST /api/chat/<op>`) and Socket.IO
+//! events call [`parse_request`], so both paths validate exactly alike.
+
+pub mod conversation_create;
+pub mod conversation_join;
+pub mod message_send;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::command::Command;
+use crate::config::Limits;
+use crate::ids::CommandId;
+
+/// Which worker pool applies an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    Messages,
+    Scheduler,
+    Reports,
+    Polls,
+}
+
+impl Pool {
+    pub const ALL: [Pool; 4] = [Pool::Messages, Pool::Scheduler, Pool::Reports, Pool::Polls];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Messages => "messages",
+            Self::Scheduler => "scheduler",
+            Self::Reports => "reports",
+            Self::Polls => "polls",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == raw)
+    }
+}
+
+/// Every operation Allo accepts, named as the original named its routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Operation {
+    #[serde(rename = "createConversation")]
+    CreateConversation,
+    #[serde(rename = "joinConversation")]
+    JoinConversation,
+    #[serde(rename = "sendMessage")]
+    SendMessage,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 3] = [
+        Operation::CreateConversation,
+        Operation::JoinConversation,
+        Operation::SendMessage,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateConversation => "createConversation",
+            Self::JoinConversation => "joinConversation",
+            Self::SendMessage => "sendMessage",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.as_str() == raw)
+    }
+
+    pub fn pool(self) -> Pool {
+        match self {
+            Self::CreateConversation | Self::JoinConversation | Self::SendMessage => Pool::Messages,
+        }
+    }
+
+    /// Whether a committed result is a new resource (201) rather than a change (200).
+    pub fn creates(self) -> bool {
+        matches!(self, Self::CreateConversation | Self::SendMessage)
+    }
+}
+
+/// Why a request was refused before it reached the broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("unknown operation `{0}`")]
+    UnknownOperation(String),
+    /// Not JSON, or not a JSON object: 400.
+    #[error("malformed body: {0}")]
+    Malformed(String),
+    /// A field is missing, of the wrong type or out of range: 422.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// A field names someone other than the caller (`userID`, `owner`): 403.
+    #[error("{field}: {message}")]
+    NotCaller { field: String, message: String },
+}
+
+impl RequestError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What parsing needs besides the body: who asks, the command's id, and the limits.
+pub struct ParseContext<'a> {
+    pub caller: &'a Caller,
+    pub command_id: CommandId,
+    pub limits: &'a Limits,
+}
+
+/// Parses and validates one request into the command it becomes.
+pub fn parse_request(
+    op: &str,
+    body: &[u8],
+    ctx: &ParseContext<'_>,
+) -> Result<Command, RequestError> {
+    let op = Operation::parse(op).ok_or_else(|| RequestError::UnknownOperation(op.into()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    parse_value(op, value, ctx)
+}
+
+/// Like [`parse_request`], for a body that is already JSON (a socket event's payload).
+pub fn parse_value(
+    op: Operation,
+    value: serde_json::Value,
+    ctx: &ParseContext<'_>,
+) -> Result<Command, RequestError> {
+    if !value.is_object() {
+        return Err(RequestError::Malformed("the body must be a JSON object".into()));
+    }
+    match op {
+        Operation::CreateConversation => conversation_create::parse(typed(value)?, ctx),
+        Operation::JoinConversation => conversation_join::parse(typed(value)?, ctx),
+        Operation::SendMessage => message_send::parse(typed(value)?, ctx),
+    }
+}
+
+/// Deserializes a body, naming the offending field on failure.
+fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, RequestError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.inner().to_string();
+        // serde reports a missing field at the parent, naming it in the message.
+        let field = match message.split('`').nth(1) {
+            Some(name) if message.starts_with("missing field") => name.to_string(),
+            _ if path == "." => "body".to_string(),
+            _ => path,
+        };
+        RequestError::invalid(field, message)
+    })
+}
+
+/// The original sent `userID`/`owner` in bodies; here they may only name the caller.
+fn check_is_caller(field: &str, value: Option<&str>, caller: &Caller) -> Result<(), RequestError> {
+    match value {
+        Some(named) if named != caller.user.as_str() => Err(RequestError::NotCaller {
+            field: field.into(),
+            message: "must be the authenticated user (or omitted)".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Parses a required id field, naming it on failure.
+fn parse_id<T>(field: &str, raw: &str, parse: fn(&str) -> Result<T, String>) -> Result<T, RequestError> {
+    parse(raw).map_err(|m| RequestError::invalid(field, m))
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::config::Settings;
+    use crate::ids::UserId;
+
+    pub fn caller(name: &str) -> Caller {
+        Caller {
+            user: UserId::parse(name).unwrap(),
+            roles: vec![],
+        }
+    }
+
+    pub fn parse(op: &str, body: serde_json::Value, who: &str) -> Result<Command, RequestError> {
+        let limits = Settings::default().limits;
+        let caller = caller(who);
+        let ctx = ParseContext {
+            caller: &caller,
+            command_id: CommandId::generate(),
+            limits: &limits,
+        };
+        parse_request(op, body.to_string().as_bytes(), &ctx)
+    }
+
+    pub fn field_of(result: Result<Command, RequestError>) -> String {
+        match result {
+            Err(RequestError::Invalid { field, .. }) | Err(RequestError::NotCaller { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn malformed_and_unknown_are_told_apart() {
+        let limits = crate::config::Settings::default().limits;
+        let c = caller("alice");
+        let ctx = ParseContext { caller: &c, command_id: CommandId::generate(), limits: &limits };
+        assert!(matches!(parse_request("sendMessage", b"{not json", &ctx), Err(RequestError::Malformed(_))));
+        assert!(matches!(parse_request("sendMessage", b"[1]", &ctx), Err(RequestError::Malformed(_))));
+        assert!(matches!(parse_request("nope", b"{}", &ctx), Err(RequestError::UnknownOperation(_))));
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_name_the_field() {
+        let conv = uuid::Uuid::now_v7().to_string();
+        assert_eq!(field_of(parse("sendMessage", json!({"conversationID": conv}), "a")), "message");
+        assert_eq!(field_of(parse("sendMessage", json!({"conversationID": conv, "message": 5}), "a")), "message");
+        assert_eq!(field_of(parse("sendMessage", json!({"conversationID": 1, "message": "x"}), "a")), "conversationID");
+    }
+}

@@ -1,0 +1,134 @@
+//! Every NATS name Allo uses, derived from the subject prefix so that deployments and test runs
+//! sharing one NATS never see each other. The contract is written up in docs/nats.md.
+
+use crate::event::EventType;
+use crate::ids::{CommandId, ConversationId, UserId};
+use crate::ops::{Operation, Pool};
+
+/// Checks a prefix: lowercase letters, digits, `_` and `-`, starting with a letter.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    let mut chars = prefix.chars();
+    let starts_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let rest_ok = prefix.len() <= 32
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if starts_ok && rest_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "subject prefix `{prefix}` must be 1-32 of [a-z0-9_-], starting with a letter"
+        ))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// `prefix` must have passed [`validate_prefix`] (config does this at load).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<PREFIX>_CMD`: the work-queue stream of commands.
+    pub fn command_stream(&self) -> String {
+        format!("{}_CMD", self.stream_base())
+    }
+
+    /// `<PREFIX>_EVT`: the limits-retention stream of events.
+    pub fn event_stream(&self) -> String {
+        format!("{}_EVT", self.stream_base())
+    }
+
+    fn stream_base(&self) -> String {
+        self.prefix.to_ascii_uppercase().replace('-', "_")
+    }
+
+    /// The durable consumer a pool's processes share.
+    pub fn pool_consumer(&self, pool: Pool) -> String {
+        pool.as_str().to_string()
+    }
+
+    /// `<prefix>.cmd.>`: everything the command stream holds.
+    pub fn all_commands(&self) -> String {
+        format!("{}.cmd.>", self.prefix)
+    }
+
+    /// `<prefix>.cmd.<pool>.>`: a pool consumer's filter.
+    pub fn pool_commands(&self, pool: Pool) -> String {
+        format!("{}.cmd.{}.>", self.prefix, pool.as_str())
+    }
+
+    /// `<prefix>.cmd.<pool>.<op>.<commandId>`: the id lets ingress find a pending command.
+    pub fn command(&self, op: Operation, id: CommandId) -> String {
+        format!("{}.cmd.{}.{}.{}", self.prefix, op.pool().as_str(), op.as_str(), id)
+    }
+
+    /// `<prefix>.evt.<conversationID>.<type>`
+    pub fn event(&self, conversation: ConversationId, kind: EventType) -> String {
+        format!("{}.evt.{}.{}", self.prefix, conversation, kind.as_str())
+    }
+
+    /// `<prefix>.evt.<conversationID>.>`: one conversation's events.
+    pub fn conversation_events(&self, conversation: ConversationId) -> String {
+        format!("{}.evt.{}.>", self.prefix, conversation)
+    }
+
+    pub fn all_events(&self) -> String {
+        format!("{}.evt.>", self.prefix)
+    }
+
+    /// `<prefix>.usr.<base64url(userID)>.<type>`: events addressed to one user's sockets.
+    pub fn user(&self, user: &UserId, kind: &str) -> String {
+        format!("{}.usr.{}.{}", self.prefix, user.subject_token(), kind)
+    }
+
+    pub fn all_users(&self) -> String {
+        format!("{}.usr.>", self.prefix)
+    }
+
+    /// The user a `<prefix>.usr.<token>.<type>` subject addresses, and the type.
+    pub fn parse_user_subject(&self, subject: &str) -> Option<(UserId, String)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".usr.")?;
+        let (token, kind) = rest.split_once('.')?;
+        Some((UserId::from_subject_token(token)?, kind.to_string()))
+    }
+
+    /// `<prefix>.res.<commandId>`: core NATS (not stored) outcome for `Prefer: wait`.
+    pub fn command_outcome(&self, id: CommandId) -> String {
+        format!("{}.res.{}", self.prefix, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(validate_prefix("allo").is_ok());
+        assert!(validate_prefix("t_1a-b").is_ok());
+        for bad in ["", "Allo", "a.b", "a*", "1abc", "a b"] {
+            assert!(validate_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let s = Subjects::new("t-1");
+        assert_eq!(s.command_stream(), "T_1_CMD");
+        assert_eq!(s.pool_commands(Pool::Messages), "t-1.cmd.messages.>");
+        let user = UserId::parse("a.b").unwrap();
+        let subject = s.user(&user, "error");
+        assert_eq!(s.parse_user_subject(&subject), Some((user, "error".into())));
+    }
+}

@@ -1,0 +1,59 @@
+//! Allo's worker pools: each pulls its commands from the command stream, applies each in one
+//! Postgres transaction together with its events and its status, then publishes the events.
+//!
+//! # Layout
+//! - [`pool`]: the pull loop a pool's processes share: delivery counting, dead-lettering,
+//!   back-off while Postgres is down, ack after the events are on the stream.
+//! - [`unit`]: one command's transaction: the exactly-once key, the per-conversation `seq`,
+//!   the event rows.
+//! - [`messages`]: the messages pool's handlers, one module per operation.
+//! - [`publish`]: puts committed events on the event stream (used by the pool and the relay).
+//! - [`relay`]: the outbox relay: publishes committed events the worker did not (crash
+//!   between commit and publish).
+
+pub mod error;
+pub mod messages;
+pub mod pool;
+pub mod publish;
+pub mod relay;
+pub mod unit;
+
+use std::sync::Arc;
+
+use allo_common::Settings;
+use allo_common::ops::Pool;
+use anyhow::Context;
+use tokio::sync::watch;
+
+pub use pool::Worker;
+
+/// Connects, migrates (if configured), provisions JetStream, then runs the given pools and
+/// the relay until `shutdown` turns true.
+pub async fn run(settings: Settings, pools: Vec<Pool>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let db = allo_common::db::connect(&settings).await.context("connecting to Postgres")?;
+    if settings.migrate_on_start {
+        allo_common::db::migrate(&db).await.context("applying migrations")?;
+    }
+    let nats = allo_common::jetstream::connect(&settings, "allo-workers").await.context("connecting to NATS")?;
+    let js = async_nats::jetstream::new(nats.clone());
+    allo_common::jetstream::provision(&js, &settings).await?;
+
+    let worker = Worker::new(settings.clone(), db.clone(), nats.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for pool in pools {
+        let worker = worker.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { worker.run_pool(pool, shutdown).await });
+    }
+    {
+        let relay = relay::Relay::new(settings.clone(), db, nats);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { relay.run(shutdown).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("worker task panicked")??;
+    }
+    worker.flush_published().await;
+    Ok(())
+}

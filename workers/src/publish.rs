@@ -1,0 +1,70 @@
+//! Puts committed events on the event stream with `Nats-Msg-Id` = eventId, so a second publish
+//! of the same event (worker retry, relay) is dropped by NATS inside the duplicate window.
+
+use allo_common::event::{EventEnvelope, EventType, UserNotice};
+use allo_common::ids::UserId;
+use allo_common::subjects::Subjects;
+use async_nats::jetstream::{self, message::PublishMessage};
+
+#[derive(Debug, thiserror::Error)]
+#[error("publishing to the event stream: {0}")]
+pub struct PublishError(#[from] async_nats::jetstream::context::PublishError);
+
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+    subjects: Subjects,
+}
+
+impl Publisher {
+    pub fn new(js: jetstream::Context, subjects: Subjects) -> Self {
+        Self { js, subjects }
+    }
+
+    /// Publishes events in order and waits for every PubAck. `conversationCreated` also goes to
+    /// each participant's user subject, so their sockets learn of it without joining first.
+    pub async fn events(&self, events: &[EventEnvelope]) -> Result<(), PublishError> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            // Serializing our own envelope cannot fail.
+            let payload = serde_json::to_vec(event).unwrap_or_default();
+            let subject = self.subjects.event(event.conversation_id, event.kind);
+            acks.push(self.send(subject, event.event_id.to_string(), payload.clone()).await?);
+            if event.kind == EventType::ConversationCreated {
+                for user in participants_of(event) {
+                    let subject = self.subjects.user(&user, event.kind.as_str());
+                    let id = format!("{}:{}", event.event_id, user.subject_token());
+                    acks.push(self.send(subject, id, payload.clone()).await?);
+                }
+            }
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
+    }
+
+    /// A notice for one user's sockets (an `error` after a rejection).
+    pub async fn notice(&self, user: &UserId, notice: &UserNotice, id: String) -> Result<(), PublishError> {
+        let payload = serde_json::to_vec(notice).unwrap_or_default();
+        self.send(self.subjects.user(user, &notice.kind), id, payload).await?.await?;
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        subject: String,
+        id: String,
+        payload: Vec<u8>,
+    ) -> Result<jetstream::context::PublishAckFuture, PublishError> {
+        let message = PublishMessage::build().message_id(id).payload(payload.into());
+        Ok(self.js.send_publish(subject, message).await?)
+    }
+}
+
+fn participants_of(event: &EventEnvelope) -> Vec<UserId> {
+    event.data["participants"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|v| v.as_str()).filter_map(|s| UserId::parse(s).ok()).collect())
+        .unwrap_or_default()
+}

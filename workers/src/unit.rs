@@ -1,0 +1,66 @@
+//! One command's transaction. [`Unit::emit`] hands out the conversation's next `seq` under the
+//! conversation row's lock, so concurrent workers cannot skip or repeat a seq, and writes the
+//! event row in the same transaction as the change it describes.
+
+use allo_common::command::CommandEnvelope;
+use allo_common::event::{EventEnvelope, EventType};
+use allo_common::ids::{ConversationId, EventId};
+use chrono::Utc;
+use sqlx::PgConnection;
+
+pub struct Unit<'a> {
+    pub tx: &'a mut PgConnection,
+    pub envelope: &'a CommandEnvelope,
+    pub events: Vec<EventEnvelope>,
+}
+
+impl<'a> Unit<'a> {
+    pub fn new(tx: &'a mut PgConnection, envelope: &'a CommandEnvelope) -> Self {
+        Self {
+            tx,
+            envelope,
+            events: Vec::new(),
+        }
+    }
+
+    /// Appends an event to the conversation's log and returns its seq.
+    pub async fn emit(
+        &mut self,
+        conversation: ConversationId,
+        kind: EventType,
+        data: serde_json::Value,
+    ) -> Result<i64, sqlx::Error> {
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+        )
+        .bind(conversation)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let event = EventEnvelope {
+            event_id: EventId::generate(),
+            kind,
+            conversation_id: conversation,
+            seq,
+            command_id: Some(self.envelope.command_id),
+            actor: self.envelope.actor.clone(),
+            at: Utc::now(),
+            data,
+        };
+        sqlx::query(
+            "INSERT INTO events (id, conversation_id, seq, type, command_id, actor_id, at, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(event.event_id)
+        .bind(conversation)
+        .bind(seq)
+        .bind(kind.as_str())
+        .bind(event.command_id)
+        .bind(event.actor.as_str())
+        .bind(event.at)
+        .bind(&event.data)
+        .execute(&mut *self.tx)
+        .await?;
+        self.events.push(event);
+        Ok(seq)
+    }
+}
