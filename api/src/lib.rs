@@ -1,1 +1,90 @@
+//! Allo's HTTP ingress. Stateless: commands go to JetStream, reads come from Postgres, and
+//! nothing is kept in memory that another replica would need.
+//!
+//! # Layout
+//! - [`routes`]: one file per route, `<resource>_<verb>.rs`.
+//! - [`auth`]: the bearer-token extractor.
+//! - [`error`]: the one HTTP error type (problem+json).
 
+pub mod auth;
+pub mod error;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use allo_common::Settings;
+use allo_common::auth::TokenKeys;
+use allo_common::subjects::Subjects;
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method};
+use sqlx::PgPool;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: PgPool,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+    pub keys: TokenKeys,
+}
+
+impl AppState {
+    /// Connects lazily to Postgres (ingress keeps accepting commands while it is down).
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let db = allo_common::db::connect_lazy(&settings).context("database URL")?;
+        let nats = allo_common::jetstream::connect(&settings, "allo-api").await.context("connecting to NATS")?;
+        let mut js = async_nats::jetstream::new(nats.clone());
+        // A publish not acknowledged by then is reported as 503, not left hanging.
+        js.set_timeout(Duration::from_secs(5));
+        allo_common::jetstream::provision(&js, &settings).await?;
+        Ok(Self {
+            subjects: Subjects::new(&settings.subject_prefix),
+            keys: TokenKeys::from_secret(&settings.jwt_secret),
+            settings: Arc::new(settings),
+            db,
+            nats,
+            js,
+        })
+    }
+}
+
+/// The full router, with body limit, CORS and request tracing.
+pub fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state.settings.cors_origins);
+    let body_limit = state.settings.limits.body_max_bytes;
+    routes::router()
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("prefer"),
+        ])
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let addr = settings.api_addr;
+    let state = AppState::connect(settings).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, "allo-api listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}

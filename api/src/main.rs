@@ -1,1 +1,45 @@
-fn main() {}
+//! `allo-api`: serves the HTTP API, or (`allo-api token <user>`) prints a dev token.
+
+use allo_common::Settings;
+use allo_common::auth::TokenKeys;
+use allo_common::ids::UserId;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "allo-api", about = "Allo HTTP ingress")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a bearer token for USER signed with the configured secret (for development).
+    Token {
+        user: String,
+        /// Roles to put in the token (e.g. `moderator`); repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Hours until the token expires.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: i64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load()?;
+    match cli.command {
+        Some(Cmd::Token { user, roles, ttl_hours }) => {
+            let user = UserId::parse(&user).map_err(|e| anyhow::anyhow!("user: {e}"))?;
+            let keys = TokenKeys::from_secret(&settings.jwt_secret);
+            println!("{}", keys.mint(&user, &roles, chrono::Duration::hours(ttl_hours)));
+            Ok(())
+        }
+        None => {
+            allo_common::telemetry::init();
+            allo_api::serve(settings, allo_common::telemetry::shutdown_signal()).await
+        }
+    }
+}

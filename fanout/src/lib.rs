@@ -1,1 +1,56 @@
+//! Allo's Socket.IO fan-out. Each process subscribes in NATS only to the conversations its
+//! sockets joined (subscribe on first join, unsubscribe on last leave) and to the user-addressed
+//! subjects, and emits what arrives to its local rooms. Replicas need no shared adapter.
+//!
+//! # Layout
+//! - [`state`]: the shared state and the per-conversation NATS subscriptions.
+//! - [`socket`]: the handshake (token check) and the client events.
 
+pub mod socket;
+pub mod state;
+
+use std::sync::Arc;
+
+use allo_common::Settings;
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+
+use crate::state::Fanout;
+
+/// Connects, serves Socket.IO and health routes on `fanout_addr` until `shutdown`.
+pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let addr = settings.fanout_addr;
+    let db = allo_common::db::connect_lazy(&settings).context("database URL")?;
+    let nats = allo_common::jetstream::connect(&settings, "allo-fanout").await.context("connecting to NATS")?;
+    let fanout = Arc::new(Fanout::new(settings, db, nats));
+    let (layer, io) = SocketIo::builder()
+        // A socket that cannot take this many queued packets is disconnected, not buffered
+        // without bound.
+        .max_buffer_size(1024)
+        .with_state(fanout.clone())
+        .build_layer();
+    io.ns("/", socket::on_connect.with(socket::authenticate));
+    fanout.spawn_user_relay(io.clone()).await?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .with_state(fanout)
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, "allo-fanout listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+use socketioxide::handler::ConnectHandler;
+
+async fn readyz(State(fanout): State<Arc<Fanout>>) -> (StatusCode, axum::Json<Value>) {
+    let (nats, postgres) = fanout.readiness().await;
+    let status = if nats && postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({"nats": nats, "postgres": postgres})))
+}

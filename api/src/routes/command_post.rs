@@ -1,0 +1,220 @@
+//! `POST /api/chat/{operation}`: authenticate, validate, publish to JetStream, answer 202 once
+//! JetStream has stored the command (or, with `Prefer: wait=<s>`, the outcome).
+
+use std::time::Duration;
+
+use allo_common::command::{Command, CommandEnvelope, CommandOutcome, CommandStatus};
+use allo_common::ids::CommandId;
+use allo_common::ops::{self, Operation, ParseContext};
+use async_nats::jetstream::message::PublishMessage;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+pub struct WaitQuery {
+    wait: Option<String>,
+}
+
+/// How long `?wait=true` waits when no number is given.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+#[tracing::instrument(skip_all, fields(operation = %operation, command_id))]
+pub async fn handler(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(operation): Path<String>,
+    Query(query): Query<WaitQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let limits = &state.settings.limits;
+    let body = body.map_err(|_| ApiError::PayloadTooLarge { max: limits.body_max_bytes })?;
+    let wait = requested_wait(&headers, query.wait.as_deref(), limits.wait_max_secs)?;
+    let command_id = match idempotency_key(&headers, limits.idempotency_key_max_chars)? {
+        Some(key) => CommandId::from_idempotency_key(&caller.user, key),
+        None => CommandId::generate(),
+    };
+    tracing::Span::current().record("command_id", tracing::field::display(command_id));
+    let ctx = ParseContext { caller: &caller, command_id, limits };
+    let command = ops::parse_request(&operation, &body, &ctx)?;
+    let envelope = CommandEnvelope {
+        command_id,
+        actor: caller.user.clone(),
+        roles: caller.roles.clone(),
+        at: chrono::Utc::now(),
+        command,
+    };
+    // Subscribe before publishing so a fast worker's outcome cannot slip past us.
+    let outcomes = match wait {
+        Some(_) => Some(
+            state
+                .nats
+                .subscribe(state.subjects.command_outcome(command_id))
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("NATS: {e}")))?,
+        ),
+        None => None,
+    };
+    publish(&state, &envelope).await?;
+    let accepted = accepted_body(&envelope.command, command_id);
+    if let (Some(wait), Some(mut outcomes)) = (wait, outcomes) {
+        // A retried command that was applied long ago produces no new outcome message.
+        let outcome = match command_get::stored_outcome(&state, command_id).await {
+            Some(outcome) => Some(outcome),
+            None => match tokio::time::timeout(wait, outcomes.next()).await {
+                Ok(Some(msg)) => serde_json::from_slice::<CommandOutcome>(&msg.payload).ok(),
+                _ => command_get::stored_outcome(&state, command_id).await,
+            },
+        };
+        if let Some(outcome) = outcome {
+            return outcome_response(envelope.command.operation(), outcome, accepted);
+        }
+    }
+    Ok(accepted_response(command_id, accepted))
+}
+
+use super::command_get;
+
+/// A waited-for outcome: 201/200 with the result, or the rejection as problem+json.
+fn outcome_response(
+    op: Operation,
+    outcome: CommandOutcome,
+    mut body: serde_json::Map<String, serde_json::Value>,
+) -> Result<Response, ApiError> {
+    match outcome.status {
+        CommandStatus::Rejected => Err(ApiError::Domain {
+            code: outcome.code.unwrap_or(allo_common::error::ErrorCode::Invalid),
+            message: outcome.message.unwrap_or_default(),
+            command_id: Some(outcome.command_id.to_string()),
+        }),
+        status => {
+            body.insert("status".into(), json!(status));
+            if let Some(result) = outcome.result {
+                body.insert("result".into(), result);
+            }
+            let code = if op.creates() { StatusCode::CREATED } else { StatusCode::OK };
+            Ok((code, axum::Json(body)).into_response())
+        }
+    }
+}
+
+/// Publishes with `Nats-Msg-Id` = commandId and waits for the PubAck. NATS drops a repeat
+/// inside the duplicate window; a later repeat is dropped by the worker's `commands` key.
+async fn publish(state: &AppState, envelope: &CommandEnvelope) -> Result<(), ApiError> {
+    let subject = state.subjects.command(envelope.command.operation(), envelope.command_id);
+    let payload = serde_json::to_vec(envelope).map_err(|e| ApiError::Internal(e.into()))?;
+    let message = PublishMessage::build()
+        .message_id(envelope.command_id.to_string())
+        .payload(payload.into());
+    let ack = state
+        .js
+        .send_publish(subject, message)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("command not accepted: {e}")))?
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("command not accepted: {e}")))?;
+    tracing::debug!(stream_seq = ack.sequence, duplicate = ack.duplicate, "command stored");
+    Ok(())
+}
+
+fn accepted_body(command: &Command, command_id: CommandId) -> serde_json::Map<String, serde_json::Value> {
+    let mut body = command.assigned_ids();
+    body.insert("commandId".into(), command_id.to_string().into());
+    body.insert("status".into(), json!(CommandStatus::Accepted));
+    body
+}
+
+fn accepted_response(command_id: CommandId, body: serde_json::Map<String, serde_json::Value>) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/api/commands/{command_id}"))],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// `Prefer: wait=<seconds>` (RFC 7240) or `?wait=<seconds|true>`, capped by config.
+fn requested_wait(headers: &HeaderMap, query: Option<&str>, max_secs: u64) -> Result<Option<Duration>, ApiError> {
+    let from_header = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|pref| pref.trim().strip_prefix("wait=").map(str::to_string));
+    let Some(raw) = from_header.or_else(|| query.map(str::to_string)) else {
+        return Ok(None);
+    };
+    let wait = match raw.trim() {
+        "true" => DEFAULT_WAIT,
+        "false" | "0" => return Ok(None),
+        secs => Duration::from_secs(
+            secs.parse::<u64>()
+                .map_err(|_| ApiError::bad_parameter("wait", "must be a whole number of seconds or `true`"))?,
+        ),
+    };
+    Ok(Some(wait.min(Duration::from_secs(max_secs))))
+}
+
+/// The `Idempotency-Key` header: printable ASCII, bounded.
+fn idempotency_key(headers: &HeaderMap, max_chars: usize) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= max_chars && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_parameter(
+                "Idempotency-Key",
+                format!("must be 1-{max_chars} printable ASCII characters without spaces"),
+            )
+        })?;
+    Ok(Some(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn wait_preferences() {
+        assert_eq!(requested_wait(&headers(&[]), None, 30).unwrap(), None);
+        assert_eq!(
+            requested_wait(&headers(&[("prefer", "respond-async, wait=5")]), None, 30).unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            requested_wait(&headers(&[("prefer", "wait=500")]), None, 30).unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(requested_wait(&headers(&[]), Some("true"), 30).unwrap(), Some(DEFAULT_WAIT));
+        assert!(requested_wait(&headers(&[("prefer", "wait=soon")]), None, 30).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded() {
+        assert_eq!(idempotency_key(&headers(&[("idempotency-key", "abc-1")]), 10).unwrap(), Some("abc-1"));
+        assert!(idempotency_key(&headers(&[("idempotency-key", "a b")]), 10).is_err());
+        assert!(idempotency_key(&headers(&[("idempotency-key", "x".repeat(11).as_str())]), 10).is_err());
+    }
+}
+

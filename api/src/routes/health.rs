@@ -1,0 +1,20 @@
+//! `/healthz` (the process answers) and `/readyz` (NATS and Postgres are reachable).
+
+use async_nats::connection::State as NatsState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::AppState;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let nats = state.nats.connection_state() == NatsState::Connected;
+    let postgres = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
+    let status = if nats && postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"nats": nats, "postgres": postgres})))
+}

@@ -1,0 +1,54 @@
+//! Routes, one file each.
+
+mod command_get;
+mod command_post;
+mod conversation_get;
+mod conversation_list;
+mod health;
+mod message_list;
+
+use allo_common::error::ErrorCode;
+use allo_common::ids::{ConversationId, UserId};
+use axum::Router;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/chat/{operation}", post(command_post::handler))
+        .route("/api/commands/{id}", get(command_get::handler))
+        .route("/api/conversations", get(conversation_list::handler))
+        .route("/api/conversations/{id}", get(conversation_get::handler))
+        .route("/api/conversations/{id}/messages", get(message_list::handler))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+}
+
+/// Reads are for participants: 404 if the conversation does not exist, 403 if the caller is
+/// not (or no longer) in it.
+pub(crate) async fn require_participant(db: &PgPool, conversation: ConversationId, user: &UserId) -> Result<(), ApiError> {
+    let row: Option<(bool,)> = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM participants WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL)
+         FROM conversations WHERE id = $1",
+    )
+    .bind(conversation)
+    .bind(user.as_str())
+    .fetch_optional(db)
+    .await?;
+    match row {
+        None => Err(ApiError::NotFound("conversation not found".into())),
+        Some((false,)) => Err(ApiError::domain(
+            ErrorCode::NotParticipant,
+            "you are not a participant of this conversation",
+        )),
+        Some((true,)) => Ok(()),
+    }
+}
+
+/// Parses a path id, naming the parameter on failure.
+pub(crate) fn path_id<T>(raw: &str, parse: fn(&str) -> Result<T, String>) -> Result<T, ApiError> {
+    parse(raw).map_err(|m| ApiError::bad_parameter("id", m))
+}
