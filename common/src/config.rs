@@ -19,6 +19,7 @@ pub enum ConfigError {
 
 /// Every setting of every binary, in one place.
 #[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Settings {
     /// `dev` or `production`; production refuses the built-in JWT secret.
     pub environment: Environment,

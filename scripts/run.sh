@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Starts the whole of Allo for a newcomer: NATS and PostgreSQL (started here when none answers
+# at ALLO_NATS_URL / ALLO_DATABASE_URL), migrations, the API, every worker pool and the fan-out.
+# Prints the URLs and dev tokens, then runs until Ctrl-C / SIGTERM, when it stops everything
+# it started.
+#
+#   scripts/run.sh                    # defaults: NATS 127.0.0.1:4222, Postgres 127.0.0.1:5432
+#   ALLO_PROFILE=release scripts/run.sh
+set -euo pipefail
+source "$(dirname "$0")/services.sh"
+cd "$ALLO_ROOT"
+
+export ALLO_NATS_URL="${ALLO_NATS_URL:-nats://127.0.0.1:4222}"
+export ALLO_DATABASE_URL="${ALLO_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/allo}"
+export ALLO_API_ADDR="${ALLO_API_ADDR:-127.0.0.1:5000}"
+export ALLO_FANOUT_ADDR="${ALLO_FANOUT_ADDR:-127.0.0.1:5001}"
+profile="${ALLO_PROFILE:-debug}"
+
+children=()
+shutdown() {
+  trap - INT TERM EXIT
+  log "stopping"
+  for pid in "${children[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_started_services
+}
+trap shutdown EXIT
+trap 'exit 0' INT TERM
+
+ensure_nats "$ALLO_NATS_URL"
+ensure_postgres "$ALLO_DATABASE_URL"
+
+log "building ($profile)"
+if [ "$profile" = release ]; then cargo build --release --bins -q; else cargo build --bins -q; fi
+bin="$ALLO_ROOT/target/$profile"
+
+"$bin/allo-workers" migrate >/dev/null
+logs="$ALLO_DATA/logs"; mkdir -p "$logs"
+"$bin/allo-workers" >"$logs/workers.log" 2>&1 & children+=($!)
+"$bin/allo-api" >"$logs/api.log" 2>&1 & children+=($!)
+"$bin/allo-fanout" >"$logs/fanout.log" 2>&1 & children+=($!)
+
+for addr in "$ALLO_API_ADDR" "$ALLO_FANOUT_ADDR"; do
+  for i in $(seq 1 150); do
+    curl -fsS "http://$addr/readyz" >/dev/null 2>&1 && break
+    [ "$i" = 150 ] && { log "http://$addr/readyz never became ready; see $logs"; exit 1; }
+    sleep 0.2
+  done
+done
+
+cat <<INFO
+Allo is up.
+  API:      http://$ALLO_API_ADDR   (POST /api/chat/<operation>, GET /api/conversations, ...)
+  Sockets:  http://$ALLO_FANOUT_ADDR (Socket.IO v4; handshake auth: {token})
+  Logs:     $logs
+Dev tokens (24 h):
+  alice: $("$bin/allo-api" token alice)
+  bob:   $("$bin/allo-api" token bob)
+Press Ctrl-C to stop.
+INFO
+wait -n "${children[@]}" || true
+log "a service exited; see $logs"

@@ -1,0 +1,108 @@
+# Sourced by run.sh and test.sh: makes sure NATS (with JetStream) and PostgreSQL answer at the
+# given URLs, starting project-local ones when nothing listens there. Only what this file
+# started is stopped by `stop_started_services`.
+#
+# Fresh Debian machine: installs nats-server, postgresql and nodejs from Debian's packages when
+# they are missing (needs root or sudo).
+
+ALLO_ROOT="${ALLO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+ALLO_DATA="${ALLO_DATA:-$ALLO_ROOT/.data}"
+STARTED_PIDS_FILE=""
+
+log() { printf '[allo] %s\n' "$*" >&2; }
+
+# host and port of a URL like scheme://[user[:pass]@]host:port[/path]
+url_host() { local r="${1#*://}"; r="${r##*@}"; r="${r%%/*}"; echo "${r%%:*}"; }
+url_port() { local r="${1#*://}"; r="${r##*@}"; r="${r%%/*}"; [[ "$r" == *:* ]] && echo "${r##*:}" || echo "$2"; }
+url_path() { local r="${1#*://}"; r="${r#*/}"; [[ "$r" == "${1#*://}" ]] && echo "" || echo "${r%%\?*}"; }
+url_user() { local r="${1#*://}"; [[ "$r" == *@* ]] || { echo ""; return; }; r="${r%%@*}"; echo "${r%%:*}"; }
+
+reachable() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_reachable() {
+  local host=$1 port=$2 what=$3
+  for _ in $(seq 1 100); do reachable "$host" "$port" && return 0; sleep 0.2; done
+  log "$what did not come up on $host:$port"; return 1
+}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+  log "installing $* from Debian's packages"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+remember_pid() {
+  STARTED_PIDS_FILE="${STARTED_PIDS_FILE:-$(mktemp)}"
+  echo "$1 $2" >>"$STARTED_PIDS_FILE"
+}
+
+ensure_nats() {
+  local url=$1 host port
+  host=$(url_host "$url"); port=$(url_port "$url" 4222)
+  if reachable "$host" "$port"; then log "NATS answers at $host:$port"; return 0; fi
+  command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || apt_install nats-server
+  local bin; bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  local store="$ALLO_DATA/nats-$port"
+  mkdir -p "$store" "$ALLO_DATA/logs"
+  log "starting nats-server on $host:$port (store $store)"
+  "$bin" -c "$ALLO_ROOT/nats.conf" -a "$host" -p "$port" -sd "$store" >"$ALLO_DATA/logs/nats-$port.log" 2>&1 &
+  remember_pid process $!
+  wait_reachable "$host" "$port" nats-server
+}
+
+pg_bin() {
+  local d; d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  [ -n "$d" ] && echo "$d"
+}
+
+ensure_postgres() {
+  local url=$1 host port user db
+  host=$(url_host "$url"); port=$(url_port "$url" 5432); user=$(url_user "$url"); db=$(url_path "$url")
+  user=${user:-postgres}
+  if ! reachable "$host" "$port"; then
+    [ -n "$(pg_bin)" ] || apt_install postgresql
+    # Under /tmp, not the checkout: the postgres user must be able to reach it.
+    local bin dir; bin=$(pg_bin); dir="${ALLO_PG_DIR:-/tmp/allo-pg-$port}"
+    # A throw-away cluster: trust auth on loopback only, owned by the postgres OS user when
+    # we are root (the server refuses to run as root).
+    local run=()
+    if [ "$(id -u)" -eq 0 ]; then run=(runuser -u postgres --); fi
+    if [ ! -f "$dir/PG_VERSION" ]; then
+      mkdir -p "$dir"; [ "$(id -u)" -eq 0 ] && chown postgres "$dir"
+      "${run[@]}" "$bin/initdb" -D "$dir" -U "$user" --auth=trust -E UTF8 >/dev/null
+    fi
+    log "starting a throw-away PostgreSQL on $host:$port (data $dir)"
+    "${run[@]}" "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
+      -o "-p $port -k $dir -c listen_addresses=$host -c fsync=on -c max_connections=200" start >/dev/null
+    remember_pid pg_ctl "$dir"
+  else
+    log "PostgreSQL answers at $host:$port"
+  fi
+  if [ -n "$db" ] && [ "$db" != postgres ]; then
+    local psql; psql=$(command -v psql || echo "$(pg_bin)/psql")
+    if ! "$psql" -h "$host" -p "$port" -U "$user" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+      "$psql" -h "$host" -p "$port" -U "$user" -d postgres -qc "CREATE DATABASE \"$db\"" >/dev/null
+      log "created database $db"
+    fi
+  fi
+}
+
+ensure_node() {
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+}
+
+stop_started_services() {
+  [ -n "$STARTED_PIDS_FILE" ] && [ -f "$STARTED_PIDS_FILE" ] || return 0
+  local kind what
+  while read -r kind what; do
+    case $kind in
+      process) kill "$what" 2>/dev/null; wait "$what" 2>/dev/null ;;
+      pg_ctl)
+        local run=(); [ "$(id -u)" -eq 0 ] && run=(runuser -u postgres --)
+        "${run[@]}" "$(pg_bin)/pg_ctl" -D "$what" -m fast stop >/dev/null 2>&1 ;;
+    esac
+  done <"$STARTED_PIDS_FILE"
+  rm -f "$STARTED_PIDS_FILE"; STARTED_PIDS_FILE=""
+}
