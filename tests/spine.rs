@@ -1,1 +1,783 @@
+//! The spine, end to end: HTTP ingress → JetStream → messages worker → Postgres → event
+//! stream → Socket.IO fan-out → the npm socket.io-client. Real processes, real NATS, real
+//! Postgres; every test has its own database and subject prefix.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use allo_common::command::CommandEnvelope;
+use allo_e2e::{SocketClient, Stack, StackOptions};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// The README's walkthrough: create, join with a real client, send, receive with seq.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_travels_from_http_to_a_real_socket_io_client() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let mut bob = stack.socket("bob").await;
+
+    let created = stack
+        .post_wait(
+            &stack.token("alice"),
+            "createConversation",
+            json!({"participants": ["bob"], "type": "group", "topic": "Lunch"}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let conversation = created.body["conversationID"].as_str().unwrap().to_string();
+    assert_eq!(
+        created.body["result"]["participants"],
+        json!(["alice", "bob"])
+    );
+    assert_eq!(created.body["result"]["owner"], "alice");
+
+    // Bob's socket hears of the conversation without joining it (user room).
+    let announced = bob
+        .next_named("conversationCreated", EVENT_WAIT)
+        .await
+        .expect("conversationCreated");
+    assert_eq!(announced["conversationID"], conversation.as_str());
+    assert_eq!(announced["seq"], 1);
+    assert_eq!(announced["topic"], "Lunch");
+
+    bob.join(&conversation).await;
+    let sent = stack
+        .post(
+            &stack.token("alice"),
+            "sendMessage",
+            json!({"userID": "alice", "conversationID": conversation, "message": "hi bob"}),
+        )
+        .await;
+    assert_eq!(sent.status, 202, "{:?}", sent.body);
+    assert_eq!(sent.body["status"], "accepted");
+    let command_id = sent.body["commandId"].as_str().unwrap();
+    let message_id = sent.body["messageId"].as_str().unwrap();
+    assert_eq!(
+        sent.headers["location"],
+        format!("/api/commands/{command_id}").as_str()
+    );
+
+    let event = bob
+        .next_named("message", EVENT_WAIT)
+        .await
+        .expect("message event");
+    assert_eq!(event["message"], "hi bob");
+    assert_eq!(event["userID"], "alice");
+    assert_eq!(event["conversationID"], conversation.as_str());
+    assert_eq!(event["messageId"], message_id);
+    assert_eq!(event["seq"], 2);
+    assert!(event["eventId"].as_str().is_some_and(|id| !id.is_empty()));
+
+    let outcome = stack.outcome(&stack.token("alice"), command_id).await;
+    assert_eq!(outcome["status"], "committed");
+    assert_eq!(outcome["result"]["seq"], 2);
+
+    // Reads: history and the conversation list (with bob's unread count).
+    let history = stack
+        .get(
+            Some(&stack.token("bob")),
+            &format!("/api/conversations/{conversation}/messages"),
+        )
+        .await;
+    assert_eq!(history.status, 200);
+    assert_eq!(history.body["messages"][0]["message"], "hi bob");
+    assert_eq!(history.body["messages"][0]["seq"], 2);
+    let list = stack
+        .get(Some(&stack.token("bob")), "/api/conversations")
+        .await;
+    assert_eq!(list.body[0]["conversationID"], conversation.as_str());
+    assert_eq!(list.body[0]["unreadCount"], 1);
+    assert_eq!(list.body[0]["lastMessage"]["message"], "hi bob");
+    let one = stack
+        .get(
+            Some(&stack.token("bob")),
+            &format!("/api/conversations/{conversation}"),
+        )
+        .await;
+    assert_eq!(one.body["admins"], json!(["alice"]));
+    assert_eq!(one.body["participants"].as_array().map(Vec::len), Some(2));
+}
+
+/// Every class of bad input gets problem+json naming the field, and nothing reaches the
+/// broker or the database. No worker runs, so anything published would stay in the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_and_nothing_is_published_or_stored() {
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    // The API provisions the streams itself when it starts.
+    let token = stack.token("alice");
+    let conv = uuid::Uuid::now_v7().to_string();
+    let long = "x".repeat(4097);
+    let cases: Vec<(&str, String, u16, Option<&str>)> = vec![
+        ("sendMessage", "{not json".into(), 400, Some("body")),
+        ("sendMessage", "[1, 2]".into(), 400, Some("body")),
+        ("sendMessage", "".into(), 400, Some("body")),
+        (
+            "sendMessage",
+            json!({"conversationID": conv}).to_string(),
+            422,
+            Some("message"),
+        ),
+        (
+            "sendMessage",
+            json!({"conversationID": conv, "message": 42}).to_string(),
+            422,
+            Some("message"),
+        ),
+        (
+            "sendMessage",
+            json!({"conversationID": conv, "message": "   "}).to_string(),
+            422,
+            Some("message"),
+        ),
+        (
+            "sendMessage",
+            json!({"conversationID": conv, "message": long}).to_string(),
+            422,
+            Some("message"),
+        ),
+        (
+            "sendMessage",
+            json!({"conversationID": conv, "message": "a\u{0}b"}).to_string(),
+            422,
+            Some("message"),
+        ),
+        (
+            "sendMessage",
+            json!({"conversationID": "not-a-uuid", "message": "hi"}).to_string(),
+            422,
+            Some("conversationID"),
+        ),
+        (
+            "sendMessage",
+            json!({"conversationID": conv, "message": "hi", "userID": "mallory"}).to_string(),
+            403,
+            Some("userID"),
+        ),
+        (
+            "joinConversation",
+            json!({"conversationID": 7}).to_string(),
+            422,
+            Some("conversationID"),
+        ),
+        (
+            "joinConversation",
+            json!({}).to_string(),
+            422,
+            Some("conversationID"),
+        ),
+        (
+            "createConversation",
+            json!({"participants": ["bob"], "type": "party"}).to_string(),
+            422,
+            Some("type"),
+        ),
+        (
+            "createConversation",
+            json!({"participants": "bob", "type": "group"}).to_string(),
+            422,
+            Some("participants"),
+        ),
+        (
+            "createConversation",
+            json!({"participants": ["bob", "carol"], "type": "direct"}).to_string(),
+            422,
+            Some("participants"),
+        ),
+        (
+            "createConversation",
+            json!({"participants": ["bob", "two words"], "type": "group"}).to_string(),
+            422,
+            Some("participants[1]"),
+        ),
+        (
+            "createConversation",
+            json!({"participants": ["bob"], "type": "group", "topic": "t".repeat(201)}).to_string(),
+            422,
+            Some("topic"),
+        ),
+        (
+            "createConversation",
+            json!({"participants": ["bob"], "type": "group", "owner": "mallory"}).to_string(),
+            403,
+            Some("owner"),
+        ),
+        ("deleteEverything", json!({}).to_string(), 404, None),
+        (
+            "sendMessage",
+            format!(
+                "{{\"conversationID\":\"{conv}\",\"message\":\"{}\"}}",
+                "y".repeat(70_000)
+            ),
+            413,
+            Some("body"),
+        ),
+    ];
+    for (op, body, status, field) in &cases {
+        let reply = stack.post_raw(Some(&token), op, body.clone(), &[]).await;
+        assert_eq!(
+            reply.status,
+            *status,
+            "{op} {}: {:?}",
+            &body[..body.len().min(80)],
+            reply.body
+        );
+        assert_eq!(reply.content_type(), "application/problem+json", "{op}");
+        assert_eq!(reply.body["status"], *status);
+        assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        if let Some(field) = field {
+            assert_eq!(reply.body["field"], *field, "{op} {body:.80}");
+        }
+    }
+    // Bad headers and parameters, on an otherwise valid request.
+    let valid = json!({"conversationID": conv, "message": "hi"}).to_string();
+    let reply = stack
+        .post_raw(
+            Some(&token),
+            "sendMessage",
+            valid.clone(),
+            &[("idempotency-key", "has spaces")],
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["field"].as_str()),
+        (422, Some("Idempotency-Key"))
+    );
+    let reply = stack
+        .post_raw(
+            Some(&token),
+            "sendMessage",
+            valid,
+            &[("prefer", "wait=soon")],
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["field"].as_str()),
+        (422, Some("wait"))
+    );
+    for (path, field) in [
+        (
+            format!("/api/conversations/{conv}/messages?limit=0"),
+            "limit",
+        ),
+        (
+            format!("/api/conversations/{conv}/messages?before=5&after=1"),
+            "before",
+        ),
+        ("/api/conversations/nope/messages".to_string(), "id"),
+        ("/api/commands/nope".to_string(), "id"),
+    ] {
+        let reply = stack.get(Some(&token), &path).await;
+        assert_eq!(
+            (reply.status, reply.body["field"].as_str()),
+            (422, Some(field)),
+            "{path}"
+        );
+    }
+
+    assert_eq!(
+        stack.pending_commands().await,
+        0,
+        "a refused request reached the broker"
+    );
+    assert_eq!(stack.count("SELECT count(*) FROM commands").await, 0);
+    assert_eq!(stack.count("SELECT count(*) FROM conversations").await, 0);
+    assert_eq!(stack.count("SELECT count(*) FROM messages").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_expired_and_forged_tokens_get_401() {
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let alice = allo_common::ids::UserId::parse("alice").unwrap();
+    let expired = stack
+        .keys()
+        .mint(&alice, &[], chrono::Duration::minutes(-5));
+    let forged = allo_common::auth::TokenKeys::from_secret("not-the-server-secret-at-all").mint(
+        &alice,
+        &[],
+        chrono::Duration::hours(1),
+    );
+    let body = json!({"participants": ["bob"], "type": "group"}).to_string();
+    for token in [
+        None,
+        Some(expired.as_str()),
+        Some(forged.as_str()),
+        Some("garbage"),
+    ] {
+        let reply = stack
+            .post_raw(token, "createConversation", body.clone(), &[])
+            .await;
+        assert_eq!(reply.status, 401, "{token:?}");
+        assert_eq!(reply.content_type(), "application/problem+json");
+        assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        assert_eq!(stack.get(token, "/api/conversations").await.status, 401);
+        let refused = SocketClient::connect(&stack.fanout_url, token.unwrap_or("")).await;
+        assert!(refused.is_err(), "socket accepted token {token:?}");
+    }
+    assert_eq!(stack.pending_commands().await, 0);
+}
+
+/// Authorization is the worker's, against Postgres: a stranger's send is rejected with a
+/// reason readable three ways (wait, command status, socket `error`); reads and socket joins
+/// are refused; groups refuse self-joins, channels admit them.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_participants_act_read_and_listen() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let group = stack.create_conversation("alice", "group", &["bob"]).await;
+    let channel = stack.create_conversation("alice", "channel", &[]).await;
+    let carol = stack.token("carol");
+    let mut carol_socket = stack.socket("carol").await;
+
+    let reply = stack
+        .post_wait(
+            &carol,
+            "sendMessage",
+            json!({"conversationID": group, "message": "let me in"}),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    assert_eq!(reply.body["code"], "not_participant");
+    let command_id = reply.body["commandId"].as_str().unwrap().to_string();
+    let status = stack
+        .get(Some(&carol), &format!("/api/commands/{command_id}"))
+        .await;
+    assert_eq!(status.body["status"], "rejected");
+    assert_eq!(status.body["code"], "not_participant");
+    let error = carol_socket
+        .next_named("error", EVENT_WAIT)
+        .await
+        .expect("error event to the actor");
+    assert_eq!(error["commandId"], command_id.as_str());
+    assert_eq!(error["code"], "not_participant");
+    // Someone else's command is not there for alice to read.
+    assert_eq!(
+        stack
+            .get(
+                Some(&stack.token("alice")),
+                &format!("/api/commands/{command_id}")
+            )
+            .await
+            .status,
+        404
+    );
+
+    assert_eq!(
+        stack
+            .get(
+                Some(&carol),
+                &format!("/api/conversations/{group}/messages")
+            )
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        stack
+            .get(Some(&carol), &format!("/api/conversations/{group}"))
+            .await
+            .status,
+        403
+    );
+    let missing = uuid::Uuid::now_v7();
+    assert_eq!(
+        stack
+            .get(Some(&carol), &format!("/api/conversations/{missing}"))
+            .await
+            .status,
+        404
+    );
+    let ack = carol_socket
+        .emit("joinConversation", json!({"conversationID": group}))
+        .await;
+    assert_eq!(ack["joined"], false);
+    assert_eq!(ack["code"], "not_participant");
+    assert!(carol_socket.next_named("error", EVENT_WAIT).await.is_some());
+
+    let reply = stack
+        .post_wait(&carol, "joinConversation", json!({"conversationID": group}))
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let reply = stack
+        .post_wait(
+            &carol,
+            "joinConversation",
+            json!({"conversationID": missing}),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    let mut alice_socket = stack.socket("alice").await;
+    alice_socket.join(&channel).await;
+    let reply = stack
+        .post_wait(
+            &carol,
+            "joinConversation",
+            json!({"conversationID": channel}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let joined = alice_socket
+        .next_named("participantJoined", EVENT_WAIT)
+        .await
+        .expect("participantJoined");
+    assert_eq!(joined["userID"], "carol");
+    carol_socket.join(&channel).await;
+    let reply = stack
+        .post_wait(
+            &carol,
+            "sendMessage",
+            json!({"conversationID": channel, "message": "hello channel"}),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+
+    // A direct conversation is not duplicated.
+    stack.create_conversation("alice", "direct", &["bob"]).await;
+    let again = stack
+        .post_wait(
+            &stack.token("bob"),
+            "createConversation",
+            json!({"participants": ["alice"], "type": "direct"}),
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.body["code"].as_str()),
+        (409, Some("conflict"))
+    );
+}
+
+/// The same Idempotency-Key from the same user is the same command: same ids, one message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_request_creates_nothing_twice() {
+    let stack = Stack::start(StackOptions {
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    let conversation = stack.create_conversation("alice", "group", &["bob"]).await;
+    let body = json!({"conversationID": conversation, "message": "exactly once"}).to_string();
+    let alice = stack.token("alice");
+    let key = [("idempotency-key", "send-42")];
+    let first = stack
+        .post_raw(Some(&alice), "sendMessage", body.clone(), &key)
+        .await;
+    let second = stack
+        .post_raw(Some(&alice), "sendMessage", body.clone(), &key)
+        .await;
+    assert_eq!(first.status, 202);
+    assert_eq!(second.status, 202);
+    assert_eq!(first.body["commandId"], second.body["commandId"]);
+    assert_eq!(first.body["messageId"], second.body["messageId"]);
+    stack
+        .outcome(&alice, first.body["commandId"].as_str().unwrap())
+        .await;
+    // A retry after the commit answers with the stored outcome.
+    let third = stack
+        .post_raw(
+            Some(&alice),
+            "sendMessage",
+            body.clone(),
+            &[key[0], ("prefer", "wait=5")],
+        )
+        .await;
+    assert_eq!(third.status, 201, "{:?}", third.body);
+    assert_eq!(third.body["commandId"], first.body["commandId"]);
+    assert_eq!(third.body["result"]["messageId"], first.body["messageId"]);
+    // Another key, or the same key from another user, is another command.
+    let other = stack
+        .post_raw(
+            Some(&alice),
+            "sendMessage",
+            body.clone(),
+            &[("idempotency-key", "send-43")],
+        )
+        .await;
+    assert_ne!(other.body["commandId"], first.body["commandId"]);
+    let bobs = stack
+        .post_raw(Some(&stack.token("bob")), "sendMessage", body, &key)
+        .await;
+    assert_ne!(bobs.body["commandId"], first.body["commandId"]);
+    stack
+        .outcome(&alice, other.body["commandId"].as_str().unwrap())
+        .await;
+    stack
+        .outcome(
+            &stack.token("bob"),
+            bobs.body["commandId"].as_str().unwrap(),
+        )
+        .await;
+
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT body, count(*) FROM messages GROUP BY body")
+            .fetch_all(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(rows, vec![("exactly once".to_string(), 3)]);
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM events WHERE type = 'message'")
+            .await,
+        3
+    );
+}
+
+/// A worker commits and dies before publishing or acking: the command comes back after
+/// `ack_wait`, has no second effect, and the relay publishes the orphaned event once.
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivery_after_a_crash_between_commit_and_ack_has_no_second_effect() {
+    let mut stack = Stack::start(StackOptions {
+        ack_wait_secs: 2,
+        ..Default::default()
+    })
+    .await;
+    let conversation = stack.create_conversation("alice", "group", &["bob"]).await;
+    let mut bob = stack.socket("bob").await;
+    bob.join(&conversation).await;
+    stack.kill("worker-0").await;
+
+    let sent = stack
+        .post(
+            &stack.token("alice"),
+            "sendMessage",
+            json!({"conversationID": conversation, "message": "once"}),
+        )
+        .await;
+    assert_eq!(sent.status, 202);
+    assert_eq!(stack.pending_commands().await, 1);
+
+    // The "crashing" worker: the real apply path, then nothing (no publish, no ack).
+    let js = async_nats::jetstream::new(stack.nats.clone());
+    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(subjects.command_stream())
+        .await
+        .unwrap()
+        .get_consumer("messages")
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let msg = batch.next().await.expect("a delivery").expect("a message");
+    let envelope: CommandEnvelope = serde_json::from_slice(&msg.payload).unwrap();
+    let worker = allo_workers::Worker::new(
+        std::sync::Arc::new(stack.settings.clone()),
+        stack.db.clone(),
+        stack.nats.clone(),
+    );
+    let applied = worker.apply(&envelope).await.unwrap();
+    assert!(
+        matches!(applied, allo_workers::pool::Applied::Committed { .. }),
+        "{applied:?}"
+    );
+    drop(batch);
+    drop(msg);
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM events WHERE type = 'message' AND published_at IS NULL")
+            .await,
+        1
+    );
+
+    stack.start_worker().await;
+    let event = bob
+        .next_named("message", EVENT_WAIT)
+        .await
+        .expect("the relay publishes the committed event");
+    assert_eq!(event["message"], "once");
+    assert_eq!(event["seq"], 2);
+    // The redelivered command is acked without effect.
+    for _ in 0..100 {
+        if stack.pending_commands().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stack.pending_commands().await,
+        0,
+        "redelivered command was not acked"
+    );
+    assert_eq!(stack.count("SELECT count(*) FROM messages").await, 1);
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM events WHERE type = 'message'")
+            .await,
+        1
+    );
+    assert_eq!(
+        stack
+            .count("SELECT last_seq FROM conversations WHERE kind = 'group'")
+            .await,
+        2
+    );
+    assert!(
+        bob.next_named("message", Duration::from_secs(2))
+            .await
+            .is_none(),
+        "event delivered twice"
+    );
+    let outcome = stack
+        .outcome(
+            &stack.token("alice"),
+            sent.body["commandId"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(outcome["status"], "committed");
+}
+
+/// Five users send 40 messages each, all at once, through two worker processes: the
+/// conversation's seqs are exactly 1..=201, and a listening client gets every message once.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_senders_through_two_workers_get_gap_free_seqs() {
+    let stack = Stack::start(StackOptions {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    let users = ["u1", "u2", "u3", "u4", "u5"];
+    let conversation = stack.create_conversation("alice", "group", &users).await;
+    let mut listener = stack.socket("alice").await;
+    listener.join(&conversation).await;
+
+    let per_user = 40;
+    let sends = users
+        .iter()
+        .flat_map(|user| (0..per_user).map(move |i| (*user, i)))
+        .map(|(user, i)| {
+            let stack = &stack;
+            let conversation = conversation.clone();
+            async move {
+                let reply = stack
+                    .post(
+                        &stack.token(user),
+                        "sendMessage",
+                        json!({"conversationID": conversation, "message": format!("{user}-{i}")}),
+                    )
+                    .await;
+                assert_eq!(reply.status, 202, "{:?}", reply.body);
+            }
+        });
+    futures::stream::iter(sends)
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+
+    let total = users.len() * per_user;
+    let events = listener
+        .collect("message", total, Duration::from_secs(60))
+        .await;
+    let seqs: BTreeSet<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (2..=(total as i64 + 1)).collect(),
+        "every seq once, no gaps"
+    );
+    let texts: BTreeSet<String> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts.len(), total);
+
+    let log: Vec<(i64,)> = sqlx::query_as("SELECT seq FROM events ORDER BY seq")
+        .fetch_all(&stack.db)
+        .await
+        .unwrap();
+    let log: Vec<i64> = log.into_iter().map(|(s,)| s).collect();
+    assert_eq!(log, (1..=(total as i64 + 1)).collect::<Vec<_>>());
+    assert_eq!(
+        stack.count("SELECT count(*) FROM messages").await,
+        total as i64
+    );
+    let history = stack
+        .get(
+            Some(&stack.token("u3")),
+            &format!("/api/conversations/{conversation}/messages?after=0&limit=100"),
+        )
+        .await;
+    let page: Vec<i64> = history.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(page, (2..=101).collect::<Vec<_>>());
+    assert_eq!(history.body["next"], json!({"after": 101}));
+}
+
+/// Streams and consumers are named from ALLO_SUBJECT_PREFIX, and provisioning twice (a second
+/// process starting) changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn jetstream_is_provisioned_per_prefix_and_idempotently() {
+    let mut stack = Stack::start(StackOptions {
+        api: false,
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    stack.start_worker().await;
+    let js = async_nats::jetstream::new(stack.nats.clone());
+    let prefix = stack.settings.subject_prefix.to_uppercase();
+    let mut commands = js
+        .get_stream(format!("{prefix}_CMD"))
+        .await
+        .expect("command stream");
+    let info = commands.info().await.unwrap();
+    assert_eq!(
+        info.config.retention,
+        async_nats::jetstream::stream::RetentionPolicy::WorkQueue
+    );
+    assert_eq!(
+        info.config.subjects,
+        vec![format!("{}.cmd.>", stack.settings.subject_prefix)]
+    );
+    assert!(info.config.duplicate_window >= Duration::from_secs(60));
+    let mut events = js
+        .get_stream(format!("{prefix}_EVT"))
+        .await
+        .expect("event stream");
+    assert_eq!(
+        events.info().await.unwrap().config.retention,
+        async_nats::jetstream::stream::RetentionPolicy::Limits
+    );
+    for pool in ["messages", "scheduler", "reports", "polls"] {
+        let consumer = commands
+            .consumer_info(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{pool}: {e}"));
+        assert_eq!(
+            consumer.config.ack_policy,
+            async_nats::jetstream::consumer::AckPolicy::Explicit
+        );
+        assert_eq!(
+            consumer.config.filter_subject,
+            format!("{}.cmd.{pool}.>", stack.settings.subject_prefix)
+        );
+        assert!(consumer.config.max_deliver > 0 && consumer.config.max_ack_pending > 0);
+    }
+    assert!(
+        stack.terminate("worker-0").await,
+        "worker did not exit cleanly on SIGTERM"
+    );
+    let _: Value = Value::Null;
+}

@@ -66,7 +66,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title, detail, field) = match &self {
-            Self::Unauthorized(e) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", e.to_string(), None),
+            Self::Unauthorized(e) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                e.to_string(),
+                None,
+            ),
             Self::Request(RequestError::UnknownOperation(op)) => (
                 StatusCode::NOT_FOUND,
                 "unknown_operation",
@@ -74,9 +80,13 @@ impl IntoResponse for ApiError {
                 format!("there is no operation `{op}`"),
                 None,
             ),
-            Self::Request(RequestError::Malformed(m)) => {
-                (StatusCode::BAD_REQUEST, "malformed", "Malformed request body", m.clone(), Some("body".to_string()))
-            }
+            Self::Request(RequestError::Malformed(m)) => (
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "Malformed request body",
+                m.clone(),
+                Some("body".to_string()),
+            ),
             Self::Request(RequestError::Invalid { field, message }) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid",
@@ -105,15 +115,28 @@ impl IntoResponse for ApiError {
                 format!("the body must be at most {max} bytes"),
                 Some("body".to_string()),
             ),
-            Self::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", "Not found", what.clone(), None),
+            Self::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Not found",
+                what.clone(),
+                None,
+            ),
             Self::Domain { code, message, .. } => (
-                StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                StatusCode::from_u16(code.http_status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 code.as_str(),
                 "Command rejected",
                 message.clone(),
                 None,
             ),
-            Self::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", m.clone(), None),
+            Self::Unavailable(m) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                m.clone(),
+                None,
+            ),
             Self::Internal(e) => {
                 // Logged once here with its chain; the client gets no internals.
                 tracing::error!(error = format!("{e:#}"), "internal error");
@@ -136,15 +159,22 @@ impl IntoResponse for ApiError {
         if let Some(field) = field {
             body["field"] = field.into();
         }
-        if let Self::Domain { command_id: Some(id), .. } = &self {
+        if let Self::Domain {
+            command_id: Some(id),
+            ..
+        } = &self
+        {
             body["commandId"] = id.clone().into();
         }
         let mut response = (status, axum::Json(body)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
             response

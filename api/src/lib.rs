@@ -39,7 +39,9 @@ impl AppState {
     /// Connects lazily to Postgres (ingress keeps accepting commands while it is down).
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let db = allo_common::db::connect_lazy(&settings).context("database URL")?;
-        let nats = allo_common::jetstream::connect(&settings, "allo-api").await.context("connecting to NATS")?;
+        let nats = allo_common::jetstream::connect(&settings, "allo-api")
+            .await
+            .context("connecting to NATS")?;
         let mut js = async_nats::jetstream::new(nats.clone());
         // A publish not acknowledged by then is reported as 503, not left hanging.
         js.set_timeout(Duration::from_secs(5));
@@ -80,11 +82,18 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
-pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = settings.api_addr;
     let state = AppState::connect(settings).await?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "allo-api listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }

@@ -31,10 +31,17 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load()?;
     match cli.command {
-        Some(Cmd::Token { user, roles, ttl_hours }) => {
+        Some(Cmd::Token {
+            user,
+            roles,
+            ttl_hours,
+        }) => {
             let user = UserId::parse(&user).map_err(|e| anyhow::anyhow!("user: {e}"))?;
             let keys = TokenKeys::from_secret(&settings.jwt_secret);
-            println!("{}", keys.mint(&user, &roles, chrono::Duration::hours(ttl_hours)));
+            println!(
+                "{}",
+                keys.mint(&user, &roles, chrono::Duration::hours(ttl_hours))
+            );
             Ok(())
         }
         None => {

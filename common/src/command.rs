@@ -95,3 +95,47 @@ pub enum CommandStatus {
     /// Refused by the worker; `code` and `message` say why.
     Rejected,
 }
+
+/// A row of the `commands` table.
+#[derive(sqlx::FromRow)]
+struct CommandRow {
+    actor_id: String,
+    operation: String,
+    status: String,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    result: Option<serde_json::Value>,
+}
+
+/// The recorded outcome of an applied command and who sent it; `None` while it is still
+/// pending (or never existed).
+pub async fn load_outcome(
+    db: &sqlx::PgPool,
+    id: CommandId,
+) -> Result<Option<(UserId, CommandOutcome)>, sqlx::Error> {
+    let row: Option<CommandRow> = sqlx::query_as(
+        "SELECT actor_id, operation, status, error_code, error_message, result FROM commands WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.and_then(|r| {
+        let actor = UserId::parse(&r.actor_id).ok()?;
+        let outcome = CommandOutcome {
+            command_id: id,
+            operation: r.operation,
+            status: if r.status == "rejected" {
+                CommandStatus::Rejected
+            } else {
+                CommandStatus::Committed
+            },
+            code: r
+                .error_code
+                .as_deref()
+                .and_then(crate::error::ErrorCode::parse),
+            message: r.error_message,
+            result: r.result,
+        };
+        Some((actor, outcome))
+    }))
+}

@@ -135,8 +135,8 @@ impl Default for Settings {
 impl Settings {
     /// Loads defaults, then the file named by `ALLO_CONFIG` (if any), then `ALLO_*` variables.
     pub fn load() -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::Config::try_from(&Settings::default())?);
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
         if let Ok(path) = std::env::var("ALLO_CONFIG") {
             builder = builder.add_source(config::File::with_name(&path).required(true));
         }

@@ -60,7 +60,10 @@ impl EventEnvelope {
                 map
             }
         };
-        payload.insert("conversationID".into(), self.conversation_id.to_string().into());
+        payload.insert(
+            "conversationID".into(),
+            self.conversation_id.to_string().into(),
+        );
         payload.insert("seq".into(), self.seq.into());
         payload.insert("eventId".into(), self.event_id.to_string().into());
         serde_json::Value::Object(payload)

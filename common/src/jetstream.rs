@@ -19,7 +19,9 @@ pub struct ProvisionError {
     source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-fn failed<E: std::error::Error + Send + Sync + 'static>(what: &str) -> impl FnOnce(E) -> ProvisionError {
+fn failed<E: std::error::Error + Send + Sync + 'static>(
+    what: &str,
+) -> impl FnOnce(E) -> ProvisionError {
     let what = what.to_string();
     move |e| ProvisionError {
         what,
@@ -66,7 +68,11 @@ pub fn event_stream_config(settings: &Settings, subjects: &Subjects) -> stream::
 /// A pool's durable pull consumer, shared by all its processes. `max_deliver` is one more than
 /// the configured deliveries: the extra delivery only dead-letters the command, so a command
 /// that crashes its worker every time still ends with a readable status.
-pub fn pool_consumer_config(settings: &Settings, subjects: &Subjects, pool: Pool) -> consumer::pull::Config {
+pub fn pool_consumer_config(
+    settings: &Settings,
+    subjects: &Subjects,
+    pool: Pool,
+) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(subjects.pool_consumer(pool)),
         description: Some(format!("Allo {} pool", pool.as_str())),
@@ -80,14 +86,21 @@ pub fn pool_consumer_config(settings: &Settings, subjects: &Subjects, pool: Pool
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), ProvisionError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(), ProvisionError> {
     let name = config.name.clone();
     match js.get_stream(&name).await {
         Ok(_) => {
-            js.update_stream(config).await.map_err(failed(&format!("stream {name}")))?;
+            js.update_stream(config)
+                .await
+                .map_err(failed(&format!("stream {name}")))?;
         }
         Err(e) if is_stream_not_found(&e) => {
-            js.create_stream(config).await.map_err(failed(&format!("stream {name}")))?;
+            js.create_stream(config)
+                .await
+                .map_err(failed(&format!("stream {name}")))?;
         }
         Err(e) => return Err(failed(&format!("stream {name}"))(e)),
     }
@@ -122,7 +135,10 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> Result<(
 }
 
 /// Connects to NATS with a name that shows in `nats-server` monitoring.
-pub async fn connect(settings: &Settings, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+pub async fn connect(
+    settings: &Settings,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()

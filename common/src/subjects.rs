@@ -70,7 +70,13 @@ impl Subjects {
 
     /// `<prefix>.cmd.<pool>.<op>.<commandId>`: the id lets ingress find a pending command.
     pub fn command(&self, op: Operation, id: CommandId) -> String {
-        format!("{}.cmd.{}.{}.{}", self.prefix, op.pool().as_str(), op.as_str(), id)
+        format!(
+            "{}.cmd.{}.{}.{}",
+            self.prefix,
+            op.pool().as_str(),
+            op.as_str(),
+            id
+        )
     }
 
     /// `<prefix>.evt.<conversationID>.<type>`

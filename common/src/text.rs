@@ -13,7 +13,8 @@ fn check_text(raw: &str, max_chars: usize, allow_newlines: bool) -> Result<(), S
             "must be at most {max_chars} characters (got {count})"
         ));
     }
-    let bad_control = |c: char| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\r' | '\t'));
+    let bad_control =
+        |c: char| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\r' | '\t'));
     if raw.chars().any(bad_control) {
         return Err("must not contain control characters".into());
     }

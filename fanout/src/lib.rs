@@ -23,10 +23,15 @@ use socketioxide::SocketIo;
 use crate::state::Fanout;
 
 /// Connects, serves Socket.IO and health routes on `fanout_addr` until `shutdown`.
-pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = settings.fanout_addr;
     let db = allo_common::db::connect_lazy(&settings).context("database URL")?;
-    let nats = allo_common::jetstream::connect(&settings, "allo-fanout").await.context("connecting to NATS")?;
+    let nats = allo_common::jetstream::connect(&settings, "allo-fanout")
+        .await
+        .context("connecting to NATS")?;
     let fanout = Arc::new(Fanout::new(settings, db, nats));
     let (layer, io) = SocketIo::builder()
         // A socket that cannot take this many queued packets is disconnected, not buffered
@@ -37,13 +42,20 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     io.ns("/", socket::on_connect.with(socket::authenticate));
     fanout.spawn_user_relay(io.clone()).await?;
     let app = Router::new()
-        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .with_state(fanout)
         .layer(layer);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "allo-fanout listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -51,6 +63,13 @@ use socketioxide::handler::ConnectHandler;
 
 async fn readyz(State(fanout): State<Arc<Fanout>>) -> (StatusCode, axum::Json<Value>) {
     let (nats, postgres) = fanout.readiness().await;
-    let status = if nats && postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({"nats": nats, "postgres": postgres})))
+    let status = if nats && postgres {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"nats": nats, "postgres": postgres})),
+    )
 }

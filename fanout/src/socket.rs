@@ -29,7 +29,10 @@ pub async fn authenticate(
     State(fanout): State<Arc<Fanout>>,
 ) -> Result<(), Refused> {
     let auth = auth.map_err(|_| Refused("the handshake must carry auth: {token}".into()))?;
-    let caller = fanout.keys.verify(&auth.token).map_err(|e| Refused(e.to_string()))?;
+    let caller = fanout
+        .keys
+        .verify(&auth.token)
+        .map_err(|e| Refused(e.to_string()))?;
     socket.extensions.insert(caller);
     Ok(())
 }
@@ -65,7 +68,10 @@ async fn join_conversation(
             let _ = ack.send(&json!({"joined": true, "conversationID": conversation}));
         }
         Err((code, message)) => {
-            let _ = socket.emit("error", &json!({"code": code, "message": message, "event": "joinConversation"}));
+            let _ = socket.emit(
+                "error",
+                &json!({"code": code, "message": message, "event": "joinConversation"}),
+            );
             let _ = ack.send(&json!({"joined": false, "code": code, "message": message}));
         }
     }
@@ -79,17 +85,25 @@ async fn admit(
     caller: &Caller,
     fanout: &Fanout,
 ) -> Result<ConversationId, (&'static str, &'static str)> {
-    let conversation = conversation_of(payload).ok_or(("invalid", "conversationID must be a UUID"))?;
+    let conversation =
+        conversation_of(payload).ok_or(("invalid", "conversationID must be a UUID"))?;
     match fanout.is_participant(conversation, &caller.user).await {
         Ok(true) => {}
-        Ok(false) => return Err(("not_participant", "you are not a participant of this conversation")),
+        Ok(false) => {
+            return Err((
+                "not_participant",
+                "you are not a participant of this conversation",
+            ));
+        }
         Err(e) => {
             tracing::warn!(error = %e, "membership check failed");
             return Err(("unavailable", "could not check membership; try again"));
         }
     }
     fanout
-        .subscribe_and(io, conversation, || socket.join(conversation_room(conversation)))
+        .subscribe_and(io, conversation, || {
+            socket.join(conversation_room(conversation))
+        })
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "subscribe failed");
@@ -110,14 +124,24 @@ async fn leave_conversation(
         return;
     };
     socket.leave(conversation_room(conversation));
-    fanout.unsubscribe_if_unused(&io, conversation, socket.id).await;
+    fanout
+        .unsubscribe_if_unused(&io, conversation, socket.id)
+        .await;
     let _ = ack.send(&json!({"left": true, "conversationID": conversation}));
 }
 
-async fn on_disconnect(socket: SocketRef, io: SocketIo, reason: DisconnectReason, State(fanout): State<Arc<Fanout>>) {
+async fn on_disconnect(
+    socket: SocketRef,
+    io: SocketIo,
+    reason: DisconnectReason,
+    State(fanout): State<Arc<Fanout>>,
+) {
     tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
     for room in socket.rooms() {
-        if let Some(id) = room.strip_prefix("c:").and_then(|r| ConversationId::parse(r).ok()) {
+        if let Some(id) = room
+            .strip_prefix("c:")
+            .and_then(|r| ConversationId::parse(r).ok())
+        {
             fanout.unsubscribe_if_unused(&io, id, socket.id).await;
         }
     }

@@ -53,7 +53,11 @@ impl Fanout {
     }
 
     /// Whether `user` is an active participant of `conversation`.
-    pub async fn is_participant(&self, conversation: ConversationId, user: &UserId) -> Result<bool, sqlx::Error> {
+    pub async fn is_participant(
+        &self,
+        conversation: ConversationId,
+        user: &UserId,
+    ) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM participants WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL)",
         )
@@ -73,20 +77,34 @@ impl Fanout {
         join: impl FnOnce(),
     ) -> Result<(), async_nats::SubscribeError> {
         let mut subs = self.subscriptions.lock().await;
-        if !subs.contains_key(&conversation) {
-            let subscriber = self.nats.subscribe(self.subjects.conversation_events(conversation)).await?;
-            let io = io.clone();
-            let task = tokio::spawn(relay_conversation(io, conversation, subscriber));
-            subs.insert(conversation, task);
+        if let std::collections::hash_map::Entry::Vacant(slot) = subs.entry(conversation) {
+            let subscriber = self
+                .nats
+                .subscribe(self.subjects.conversation_events(conversation))
+                .await?;
+            slot.insert(tokio::spawn(relay_conversation(
+                io.clone(),
+                conversation,
+                subscriber,
+            )));
         }
         join();
         Ok(())
     }
 
     /// Drops the conversation's subscription if no local socket but `leaving` is in its room.
-    pub async fn unsubscribe_if_unused(&self, io: &SocketIo, conversation: ConversationId, leaving: socketioxide::socket::Sid) {
+    pub async fn unsubscribe_if_unused(
+        &self,
+        io: &SocketIo,
+        conversation: ConversationId,
+        leaving: socketioxide::socket::Sid,
+    ) {
         let mut subs = self.subscriptions.lock().await;
-        let still_used = io.to(conversation_room(conversation)).sockets().iter().any(|s| s.id != leaving);
+        let still_used = io
+            .to(conversation_room(conversation))
+            .sockets()
+            .iter()
+            .any(|s| s.id != leaving);
         if !still_used && let Some(task) = subs.remove(&conversation) {
             task.abort();
         }
@@ -99,11 +117,17 @@ impl Fanout {
         let subjects = self.subjects.clone();
         tokio::spawn(async move {
             while let Some(msg) = subscriber.next().await {
-                let Some((user, kind)) = subjects.parse_user_subject(&msg.subject) else { continue };
+                let Some((user, kind)) = subjects.parse_user_subject(&msg.subject) else {
+                    continue;
+                };
                 let payload = if kind == "error" {
-                    serde_json::from_slice::<UserNotice>(&msg.payload).ok().map(|n| n.data)
+                    serde_json::from_slice::<UserNotice>(&msg.payload)
+                        .ok()
+                        .map(|n| n.data)
                 } else {
-                    serde_json::from_slice::<EventEnvelope>(&msg.payload).ok().map(|e| e.socket_payload())
+                    serde_json::from_slice::<EventEnvelope>(&msg.payload)
+                        .ok()
+                        .map(|e| e.socket_payload())
                 };
                 let Some(payload) = payload else {
                     tracing::warn!(subject = %msg.subject, "undecodable user event dropped");
@@ -119,14 +143,22 @@ impl Fanout {
 }
 
 /// Emits each event of one conversation to its room, under the event's type.
-async fn relay_conversation(io: SocketIo, conversation: ConversationId, mut subscriber: async_nats::Subscriber) {
+async fn relay_conversation(
+    io: SocketIo,
+    conversation: ConversationId,
+    mut subscriber: async_nats::Subscriber,
+) {
     let room = conversation_room(conversation);
     while let Some(msg) = subscriber.next().await {
         let Ok(event) = serde_json::from_slice::<EventEnvelope>(&msg.payload) else {
             tracing::warn!(subject = %msg.subject, "undecodable event dropped");
             continue;
         };
-        if let Err(e) = io.to(room.clone()).emit(event.kind.as_str(), &event.socket_payload()).await {
+        if let Err(e) = io
+            .to(room.clone())
+            .emit(event.kind.as_str(), &event.socket_payload())
+            .await
+        {
             tracing::debug!(error = %e, "emit to conversation room failed");
         }
     }

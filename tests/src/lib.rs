@@ -1,1 +1,456 @@
+//! End-to-end harness: starts the real binaries against real NATS JetStream and real Postgres,
+//! each [`Stack`] in its own database and under its own subject prefix, so tests run in
+//! parallel and repeatedly without seeing each other. [`SocketClient`] drives the npm
+//! `socket.io-client` over stdio.
+//!
+//! Infrastructure comes from `ALLO_TEST_DATABASE_URL` (an admin connection, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `ALLO_TEST_NATS_URL` (default
+//! `nats://127.0.0.1:4222`); `scripts/test.sh` starts both when they do not answer.
 
+mod socket;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use allo_common::Settings;
+use allo_common::auth::TokenKeys;
+use allo_common::ids::UserId;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+
+pub use socket::SocketClient;
+
+pub fn admin_database_url() -> String {
+    std::env::var("ALLO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("ALLO_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// The workspace root (where `target/` and `tests/js` are).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Builds the binaries once per test process, so tests never run stale ones.
+fn binaries() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--bins", "-q"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build --bins failed");
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let dir = if dir.join("allo-api").exists() {
+            dir
+        } else {
+            workspace_root().join("target/debug")
+        };
+        assert!(
+            dir.join("allo-api").exists(),
+            "allo-api not found in {}",
+            dir.display()
+        );
+        dir
+    })
+}
+
+/// What a test needs running.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub workers: usize,
+    pub api: bool,
+    pub fanout: bool,
+    pub ack_wait_secs: u64,
+    /// Extra `ALLO_*` variables for every process.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            api: true,
+            fanout: true,
+            ack_wait_secs: 30,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A response as a client sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// One isolated deployment of Allo: own database, own subject prefix, own ports.
+pub struct Stack {
+    pub settings: Settings,
+    pub api_url: String,
+    pub fanout_url: String,
+    pub db: PgPool,
+    pub nats: async_nats::Client,
+    pub http: reqwest::Client,
+    db_name: String,
+    keys: TokenKeys,
+    children: HashMap<String, Child>,
+    log_dir: PathBuf,
+    env: Vec<(String, String)>,
+    next_worker: usize,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
+    format!("{base}/{db}")
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Stack {
+        let bins = binaries();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("t{}", &id[..12]);
+        let db_name = format!("allo_test_{}", &id[..16]);
+        let admin = PgPool::connect(&admin_database_url())
+            .await
+            .expect("admin connection to Postgres");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+
+        let settings = Settings {
+            database_url: with_database(&admin_database_url(), &db_name),
+            nats_url: nats_url(),
+            jwt_secret: format!("test-secret-{id}"),
+            api_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+            fanout_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+            subject_prefix: prefix.clone(),
+            ..Settings::default()
+        };
+        let db = allo_common::db::connect(&settings)
+            .await
+            .expect("test database");
+        allo_common::db::migrate(&db).await.expect("migrations");
+        let nats = async_nats::connect(&settings.nats_url).await.expect("NATS");
+        let log_dir = workspace_root().join("target/e2e-logs").join(&prefix);
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+
+        let mut env = vec![
+            (
+                "ALLO_DATABASE_URL".to_string(),
+                settings.database_url.clone(),
+            ),
+            ("ALLO_NATS_URL".into(), settings.nats_url.clone()),
+            ("ALLO_JWT_SECRET".into(), settings.jwt_secret.clone()),
+            ("ALLO_API_ADDR".into(), settings.api_addr.to_string()),
+            ("ALLO_FANOUT_ADDR".into(), settings.fanout_addr.to_string()),
+            ("ALLO_SUBJECT_PREFIX".into(), prefix.clone()),
+            ("ALLO_MIGRATE_ON_START".into(), "false".into()),
+            ("ALLO_DATABASE_MAX_CONNECTIONS".into(), "8".into()),
+            (
+                "ALLO_JETSTREAM__ACK_WAIT_SECS".into(),
+                options.ack_wait_secs.to_string(),
+            ),
+            ("ALLO_WORKER__RELAY_GRACE_MS".into(), "500".into()),
+            ("ALLO_WORKER__RELAY_INTERVAL_MS".into(), "250".into()),
+            ("RUST_LOG".into(), "info,sqlx=warn".into()),
+            ("RUST_BACKTRACE".into(), "0".into()),
+        ];
+        env.extend(options.env.iter().cloned());
+        let mut stack = Stack {
+            api_url: format!("http://{}", settings.api_addr),
+            fanout_url: format!("http://{}", settings.fanout_addr),
+            keys: TokenKeys::from_secret(&settings.jwt_secret),
+            settings,
+            db,
+            nats,
+            http: reqwest::Client::new(),
+            db_name,
+            children: HashMap::new(),
+            log_dir,
+            env,
+            next_worker: 0,
+        };
+        // Workers first: they provision the streams and consumers before anything publishes.
+        for _ in 0..options.workers {
+            stack.start_worker().await;
+        }
+        if options.api {
+            stack.spawn("api", &bins.join("allo-api"), &[]);
+            stack.wait_ready(&stack.api_url.clone()).await;
+        }
+        if options.fanout {
+            stack.spawn("fanout", &bins.join("allo-fanout"), &[]);
+            stack.wait_ready(&stack.fanout_url.clone()).await;
+        }
+        stack
+    }
+
+    fn spawn(&mut self, name: &str, bin: &Path, args: &[&str]) {
+        let log =
+            std::fs::File::create(self.log_dir.join(format!("{name}.log"))).expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        self.children.insert(name.to_string(), child);
+    }
+
+    /// Starts one more `allo-workers` process (all pools) and waits until its consumers exist.
+    pub async fn start_worker(&mut self) -> String {
+        let name = format!("worker-{}", self.next_worker);
+        self.next_worker += 1;
+        let bin = binaries().join("allo-workers");
+        self.spawn(&name, &bin, &[]);
+        let js = async_nats::jetstream::new(self.nats.clone());
+        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
+        for _ in 0..200 {
+            if let Ok(mut stream) = js.get_stream(subjects.command_stream()).await
+                && stream.info().await.is_ok()
+                && stream.consumer_info("messages").await.is_ok()
+            {
+                // The pull loop starts right after provisioning; give it a moment.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return name;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{name} did not provision JetStream; see {}",
+            self.log_dir.display()
+        );
+    }
+
+    /// SIGKILL: the process gets no chance to ack, nak or clean up.
+    pub async fn kill(&mut self, name: &str) {
+        if let Some(mut child) = self.children.remove(name) {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
+    pub async fn terminate(&mut self, name: &str) -> bool {
+        let Some(mut child) = self.children.remove(name) else {
+            return false;
+        };
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        matches!(tokio::time::timeout(Duration::from_secs(20), child.wait()).await, Ok(Ok(s)) if s.success())
+    }
+
+    async fn wait_ready(&self, base: &str) {
+        for _ in 0..300 {
+            if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{base} never became ready; see {}", self.log_dir.display());
+    }
+
+    /// The keys this stack's processes trust (to mint expired or role-bearing tokens).
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.token_with_roles(user, &[])
+    }
+
+    pub fn token_with_roles(&self, user: &str, roles: &[&str]) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        self.keys.mint(
+            &UserId::parse(user).expect("user id"),
+            &roles,
+            chrono::Duration::hours(1),
+        )
+    }
+
+    /// `POST /api/chat/<op>` with a raw body and extra headers.
+    pub async fn post_raw(
+        &self,
+        token: Option<&str>,
+        op: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}/api/chat/{op}", self.api_url))
+            .body(body);
+        request = request.header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        reply(request.send().await.expect("POST")).await
+    }
+
+    pub async fn post(&self, token: &str, op: &str, body: Value) -> Reply {
+        self.post_raw(Some(token), op, body.to_string(), &[]).await
+    }
+
+    /// POST and wait for the outcome (`Prefer: wait=10`).
+    pub async fn post_wait(&self, token: &str, op: &str, body: Value) -> Reply {
+        self.post_raw(Some(token), op, body.to_string(), &[("prefer", "wait=10")])
+            .await
+    }
+
+    pub async fn get(&self, token: Option<&str>, path: &str) -> Reply {
+        let mut request = self.http.get(format!("{}{path}", self.api_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        reply(request.send().await.expect("GET")).await
+    }
+
+    /// Creates a conversation as `owner` and returns its id (waits for the commit).
+    pub async fn create_conversation(&self, owner: &str, kind: &str, others: &[&str]) -> String {
+        let reply = self
+            .post_wait(
+                &self.token(owner),
+                "createConversation",
+                serde_json::json!({"participants": others, "type": kind, "topic": "test"}),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        reply.body["conversationID"]
+            .as_str()
+            .expect("conversationID")
+            .to_string()
+    }
+
+    /// Polls `GET /api/commands/{id}` until the command is no longer `accepted`.
+    pub async fn outcome(&self, token: &str, command_id: &str) -> Value {
+        for _ in 0..300 {
+            let reply = self
+                .get(Some(token), &format!("/api/commands/{command_id}"))
+                .await;
+            if reply.status == 200 && reply.body["status"] != "accepted" {
+                return reply.body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("command {command_id} was not applied in time");
+    }
+
+    pub async fn socket(&self, user: &str) -> SocketClient {
+        SocketClient::connect(&self.fanout_url, &self.token(user))
+            .await
+            .expect("socket connects")
+    }
+
+    /// Messages the command stream holds (pending commands).
+    pub async fn pending_commands(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.nats.clone());
+        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
+        match js.get_stream(subjects.command_stream()).await {
+            Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.db)
+            .await
+            .expect("count query")
+    }
+}
+
+async fn reply(response: reqwest::Response) -> Reply {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl Drop for Stack {
+    /// Stops the processes, drops the database and deletes the streams.
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.start_kill();
+        }
+        let db_name = self.db_name.clone();
+        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
+        let nats = self.nats.clone();
+        let db = self.db.clone();
+        // Drop cannot await; clean up on a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                db.close().await;
+                if let Ok(admin) = PgPool::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await;
+                }
+                let js = async_nats::jetstream::new(nats);
+                let _ = js.delete_stream(subjects.command_stream()).await;
+                let _ = js.delete_stream(subjects.event_stream()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

@@ -31,7 +31,10 @@ impl From<sqlx::Error> for ApplyError {
 /// failure of this command that retrying as-is will not fix.
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
         // Serialization failure, deadlock, admin shutdown, cannot connect now: retry.
         sqlx::Error::Database(db) => matches!(

@@ -29,13 +29,23 @@ pub use pool::Worker;
 
 /// Connects, migrates (if configured), provisions JetStream, then runs the given pools and
 /// the relay until `shutdown` turns true.
-pub async fn run(settings: Settings, pools: Vec<Pool>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    pools: Vec<Pool>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let db = allo_common::db::connect(&settings).await.context("connecting to Postgres")?;
+    let db = allo_common::db::connect(&settings)
+        .await
+        .context("connecting to Postgres")?;
     if settings.migrate_on_start {
-        allo_common::db::migrate(&db).await.context("applying migrations")?;
+        allo_common::db::migrate(&db)
+            .await
+            .context("applying migrations")?;
     }
-    let nats = allo_common::jetstream::connect(&settings, "allo-workers").await.context("connecting to NATS")?;
+    let nats = allo_common::jetstream::connect(&settings, "allo-workers")
+        .await
+        .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(nats.clone());
     allo_common::jetstream::provision(&js, &settings).await?;
 

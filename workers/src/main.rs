@@ -23,7 +23,8 @@ enum Cmd {
 }
 
 fn parse_pool(raw: &str) -> Result<Pool, String> {
-    Pool::parse(raw).ok_or_else(|| format!("unknown pool `{raw}` (messages, scheduler, reports, polls)"))
+    Pool::parse(raw)
+        .ok_or_else(|| format!("unknown pool `{raw}` (messages, scheduler, reports, polls)"))
 }
 
 #[tokio::main]
@@ -32,12 +33,18 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load()?;
     if let Some(Cmd::Migrate) = cli.command {
-        let db = allo_common::db::connect(&settings).await.context("connecting to Postgres")?;
+        let db = allo_common::db::connect(&settings)
+            .await
+            .context("connecting to Postgres")?;
         allo_common::db::migrate(&db).await?;
         println!("migrations applied");
         return Ok(());
     }
-    let pools = if cli.pools.is_empty() { Pool::ALL.to_vec() } else { cli.pools };
+    let pools = if cli.pools.is_empty() {
+        Pool::ALL.to_vec()
+    } else {
+        cli.pools
+    };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         allo_common::telemetry::shutdown_signal().await;

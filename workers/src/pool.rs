@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allo_common::Settings;
-use allo_common::command::{CommandEnvelope, CommandOutcome, CommandStatus};
-use allo_common::error::{DomainError, ErrorCode};
+use allo_common::command::{CommandEnvelope, CommandOutcome, CommandStatus, load_outcome};
+use allo_common::error::DomainError;
 use allo_common::event::{EventEnvelope, UserNotice};
 use allo_common::ids::{CommandId, EventId};
 use allo_common::ops::Pool;
@@ -35,7 +35,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Applied {
     /// Committed now, with these events to publish.
-    Committed { events: Vec<EventEnvelope>, outcome: CommandOutcome },
+    Committed {
+        events: Vec<EventEnvelope>,
+        outcome: CommandOutcome,
+    },
     /// Refused now; the reason is recorded on the command.
     Rejected { outcome: CommandOutcome },
     /// Applied by an earlier delivery; nothing was done this time.
@@ -45,7 +48,9 @@ pub enum Applied {
 impl Applied {
     pub fn outcome(&self) -> &CommandOutcome {
         match self {
-            Self::Committed { outcome, .. } | Self::Rejected { outcome } | Self::Duplicate { outcome } => outcome,
+            Self::Committed { outcome, .. }
+            | Self::Rejected { outcome }
+            | Self::Duplicate { outcome } => outcome,
         }
     }
 }
@@ -76,7 +81,15 @@ impl Worker {
         let (published, marks) = mpsc::channel(10_000);
         tokio::spawn(mark_published(db.clone(), marks));
         Self {
-            inner: Arc::new(Inner { settings, db, nats, js, subjects, publisher, published }),
+            inner: Arc::new(Inner {
+                settings,
+                db,
+                nats,
+                js,
+                subjects,
+                publisher,
+                published,
+            }),
         }
     }
 
@@ -86,7 +99,11 @@ impl Worker {
     }
 
     /// Pulls and handles the pool's commands until `shutdown`.
-    pub async fn run_pool(&self, pool: Pool, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run_pool(
+        &self,
+        pool: Pool,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let me = &self.inner;
         let consumer: jetstream::consumer::PullConsumer = me
             .js
@@ -141,13 +158,15 @@ impl Worker {
         let envelope: CommandEnvelope = match serde_json::from_slice(&msg.payload) {
             Ok(e) => e,
             Err(e) => {
-                self.dead_letter(&msg, None, delivered, &format!("undecodable command: {e}")).await;
+                self.dead_letter(&msg, None, delivered, &format!("undecodable command: {e}"))
+                    .await;
                 return;
             }
         };
         if delivered > me.settings.jetstream.max_deliver {
             let why = format!("failed on {} deliveries", delivered - 1);
-            self.dead_letter(&msg, Some(&envelope), delivered, &why).await;
+            self.dead_letter(&msg, Some(&envelope), delivered, &why)
+                .await;
             return;
         }
         let mut backoff = Duration::from_millis(100);
@@ -191,7 +210,13 @@ impl Worker {
         }
         let outcome = applied.outcome();
         let payload = serde_json::to_vec(outcome).unwrap_or_default();
-        let _ = me.nats.publish(me.subjects.command_outcome(envelope.command_id), payload.into()).await;
+        let _ = me
+            .nats
+            .publish(
+                me.subjects.command_outcome(envelope.command_id),
+                payload.into(),
+            )
+            .await;
         if let Applied::Rejected { outcome } = applied {
             let notice = UserNotice {
                 kind: "error".into(),
@@ -231,7 +256,9 @@ impl Worker {
             tx.rollback().await?;
             let outcome = load_outcome(&me.db, envelope.command_id).await?;
             return Ok(Applied::Duplicate {
-                outcome: outcome.unwrap_or_else(|| outcome_of(envelope, CommandStatus::Committed, None, None)),
+                outcome: outcome
+                    .map(|(_, outcome)| outcome)
+                    .unwrap_or_else(|| outcome_of(envelope, CommandStatus::Committed, None, None)),
             });
         }
         sqlx::query("SAVEPOINT apply").execute(&mut *tx).await?;
@@ -250,7 +277,9 @@ impl Worker {
                 Ok(Applied::Committed { events, outcome })
             }
             Err(ApplyError::Rejected(reason)) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT apply").execute(&mut *tx).await?;
+                sqlx::query("ROLLBACK TO SAVEPOINT apply")
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("UPDATE commands SET status = 'rejected', error_code = $2, error_message = $3 WHERE id = $1")
                     .bind(envelope.command_id)
                     .bind(reason.code.as_str())
@@ -268,11 +297,22 @@ impl Worker {
 
     /// Sets a command aside after its last delivery (or at once if it cannot be decoded),
     /// marks it rejected so its sender can read why, and removes it from the stream.
-    async fn dead_letter(&self, msg: &jetstream::Message, envelope: Option<&CommandEnvelope>, delivered: i64, why: &str) {
+    async fn dead_letter(
+        &self,
+        msg: &jetstream::Message,
+        envelope: Option<&CommandEnvelope>,
+        delivered: i64,
+        why: &str,
+    ) {
         let me = &self.inner;
         let command_id = envelope
             .map(|e| e.command_id)
-            .or_else(|| msg.subject.rsplit('.').next().and_then(|t| CommandId::parse(t).ok()))
+            .or_else(|| {
+                msg.subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| CommandId::parse(t).ok())
+            })
             .unwrap_or_else(CommandId::generate);
         tracing::error!(%command_id, delivered, why, "dead-lettering command");
         let result = async {
@@ -335,33 +375,17 @@ fn outcome_of(
     }
 }
 
-/// The recorded outcome of an applied command, if any.
-pub async fn load_outcome(db: &PgPool, id: CommandId) -> Result<Option<CommandOutcome>, sqlx::Error> {
-    let row: Option<(String, String, Option<String>, Option<String>, Option<serde_json::Value>)> = sqlx::query_as(
-        "SELECT operation, status, error_code, error_message, result FROM commands WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|(operation, status, code, message, result)| CommandOutcome {
-        command_id: id,
-        operation,
-        status: if status == "rejected" { CommandStatus::Rejected } else { CommandStatus::Committed },
-        code: code.as_deref().and_then(ErrorCode::parse),
-        message,
-        result,
-    }))
-}
-
 /// Marks published events in batches: one UPDATE per batch instead of one per event. A mark
 /// lost in a crash only means the relay republishes, and NATS drops the duplicate.
 async fn mark_published(db: PgPool, mut marks: mpsc::Receiver<EventId>) {
     let mut batch = Vec::with_capacity(512);
     while marks.recv_many(&mut batch, 512).await > 0 {
-        if let Err(e) = sqlx::query("UPDATE events SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
-            .bind(&batch)
-            .execute(&db)
-            .await
+        if let Err(e) = sqlx::query(
+            "UPDATE events SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+        )
+        .bind(&batch)
+        .execute(&db)
+        .await
         {
             tracing::warn!(error = %e, "could not mark events published; the relay will republish them");
         }

@@ -29,7 +29,10 @@ impl Publisher {
             // Serializing our own envelope cannot fail.
             let payload = serde_json::to_vec(event).unwrap_or_default();
             let subject = self.subjects.event(event.conversation_id, event.kind);
-            acks.push(self.send(subject, event.event_id.to_string(), payload.clone()).await?);
+            acks.push(
+                self.send(subject, event.event_id.to_string(), payload.clone())
+                    .await?,
+            );
             if event.kind == EventType::ConversationCreated {
                 for user in participants_of(event) {
                     let subject = self.subjects.user(&user, event.kind.as_str());
@@ -45,9 +48,16 @@ impl Publisher {
     }
 
     /// A notice for one user's sockets (an `error` after a rejection).
-    pub async fn notice(&self, user: &UserId, notice: &UserNotice, id: String) -> Result<(), PublishError> {
+    pub async fn notice(
+        &self,
+        user: &UserId,
+        notice: &UserNotice,
+        id: String,
+    ) -> Result<(), PublishError> {
         let payload = serde_json::to_vec(notice).unwrap_or_default();
-        self.send(self.subjects.user(user, &notice.kind), id, payload).await?.await?;
+        self.send(self.subjects.user(user, &notice.kind), id, payload)
+            .await?
+            .await?;
         Ok(())
     }
 
@@ -57,7 +67,9 @@ impl Publisher {
         id: String,
         payload: Vec<u8>,
     ) -> Result<jetstream::context::PublishAckFuture, PublishError> {
-        let message = PublishMessage::build().message_id(id).payload(payload.into());
+        let message = PublishMessage::build()
+            .message_id(id)
+            .payload(payload.into());
         Ok(self.js.send_publish(subject, message).await?)
     }
 }
@@ -65,6 +77,11 @@ impl Publisher {
 fn participants_of(event: &EventEnvelope) -> Vec<UserId> {
     event.data["participants"]
         .as_array()
-        .map(|list| list.iter().filter_map(|v| v.as_str()).filter_map(|s| UserId::parse(s).ok()).collect())
+        .map(|list| {
+            list.iter()
+                .filter_map(|v| v.as_str())
+                .filter_map(|s| UserId::parse(s).ok())
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -25,13 +25,26 @@ pub struct Relay {
     publisher: Publisher,
 }
 
-type EventRow = (EventId, ConversationId, i64, String, Option<CommandId>, String, DateTime<Utc>, serde_json::Value);
+type EventRow = (
+    EventId,
+    ConversationId,
+    i64,
+    String,
+    Option<CommandId>,
+    String,
+    DateTime<Utc>,
+    serde_json::Value,
+);
 
 impl Relay {
     pub fn new(settings: Arc<Settings>, db: PgPool, nats: async_nats::Client) -> Self {
         let subjects = Subjects::new(&settings.subject_prefix);
         let publisher = Publisher::new(async_nats::jetstream::new(nats), subjects);
-        Self { settings, db, publisher }
+        Self {
+            settings,
+            db,
+            publisher,
+        }
     }
 
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -70,7 +83,16 @@ impl Relay {
                 tracing::error!(%event_id, "event row with unknown type or actor; skipped");
                 continue;
             };
-            events.push(EventEnvelope { event_id, kind, conversation_id, seq, command_id, actor, at, data });
+            events.push(EventEnvelope {
+                event_id,
+                kind,
+                conversation_id,
+                seq,
+                command_id,
+                actor,
+                at,
+                data,
+            });
         }
         self.publisher.events(&events).await?;
         let ids: Vec<EventId> = events.iter().map(|e| e.event_id).collect();

@@ -1,7 +1,7 @@
 //! `GET /api/commands/{id}`: a command's status for the user who sent it. `committed` and
 //! `rejected` come from Postgres; a command still in the stream is `accepted`.
 
-use allo_common::command::{CommandEnvelope, CommandOutcome, CommandStatus};
+use allo_common::command::{CommandEnvelope, CommandOutcome, CommandStatus, load_outcome};
 use allo_common::ids::CommandId;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -20,7 +20,11 @@ pub async fn handler(
     let not_found = || ApiError::NotFound("no such command".into());
     if let Some((actor, outcome)) = load(&state, id).await? {
         // Someone else's command does not exist, as far as this caller can tell.
-        return if actor == caller.user.as_str() { Ok(Json(outcome)) } else { Err(not_found()) };
+        return if actor == caller.user.as_str() {
+            Ok(Json(outcome))
+        } else {
+            Err(not_found())
+        };
     }
     let Some(pending) = pending(&state, id).await else {
         // It may have been applied between the two looks.
@@ -42,37 +46,35 @@ pub async fn handler(
     }))
 }
 
-async fn load(state: &AppState, id: CommandId) -> Result<Option<(String, CommandOutcome)>, ApiError> {
-    let row: Option<(String, String, String, Option<String>, Option<String>, Option<serde_json::Value>)> =
-        sqlx::query_as(
-            "SELECT actor_id, operation, status, error_code, error_message, result FROM commands WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?;
-    Ok(row.map(|(actor, operation, status, code, message, result)| {
-        let outcome = CommandOutcome {
-            command_id: id,
-            operation,
-            status: if status == "rejected" { CommandStatus::Rejected } else { CommandStatus::Committed },
-            code: code.as_deref().and_then(allo_common::error::ErrorCode::parse),
-            message,
-            result,
-        };
-        (actor, outcome)
-    }))
+async fn load(
+    state: &AppState,
+    id: CommandId,
+) -> Result<Option<(String, CommandOutcome)>, ApiError> {
+    let stored = load_outcome(&state.db, id).await?;
+    Ok(stored.map(|(actor, outcome)| (actor.as_str().to_string(), outcome)))
 }
 
 /// The recorded outcome, if the command was applied (used by `Prefer: wait`).
 pub async fn stored_outcome(state: &AppState, id: CommandId) -> Option<CommandOutcome> {
-    load(state, id).await.ok().flatten().map(|(_, outcome)| outcome)
+    load(state, id)
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, outcome)| outcome)
 }
 
 /// The command, if it is still in the command stream waiting for a worker. Its subject ends
 /// with its id, so one lookup by subject finds it.
 async fn pending(state: &AppState, id: CommandId) -> Option<CommandEnvelope> {
-    let stream = state.js.get_stream(state.subjects.command_stream()).await.ok()?;
+    let stream = state
+        .js
+        .get_stream(state.subjects.command_stream())
+        .await
+        .ok()?;
     let subject = format!("{}.cmd.*.*.{id}", state.subjects.prefix());
-    let message = stream.get_last_raw_message_by_subject(&subject).await.ok()?;
+    let message = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .ok()?;
     serde_json::from_slice(&message.payload).ok()
 }

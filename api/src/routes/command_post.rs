@@ -38,14 +38,20 @@ pub async fn handler(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let limits = &state.settings.limits;
-    let body = body.map_err(|_| ApiError::PayloadTooLarge { max: limits.body_max_bytes })?;
+    let body = body.map_err(|_| ApiError::PayloadTooLarge {
+        max: limits.body_max_bytes,
+    })?;
     let wait = requested_wait(&headers, query.wait.as_deref(), limits.wait_max_secs)?;
     let command_id = match idempotency_key(&headers, limits.idempotency_key_max_chars)? {
         Some(key) => CommandId::from_idempotency_key(&caller.user, key),
         None => CommandId::generate(),
     };
     tracing::Span::current().record("command_id", tracing::field::display(command_id));
-    let ctx = ParseContext { caller: &caller, command_id, limits };
+    let ctx = ParseContext {
+        caller: &caller,
+        command_id,
+        limits,
+    };
     let command = ops::parse_request(&operation, &body, &ctx)?;
     let envelope = CommandEnvelope {
         command_id,
@@ -93,7 +99,9 @@ fn outcome_response(
 ) -> Result<Response, ApiError> {
     match outcome.status {
         CommandStatus::Rejected => Err(ApiError::Domain {
-            code: outcome.code.unwrap_or(allo_common::error::ErrorCode::Invalid),
+            code: outcome
+                .code
+                .unwrap_or(allo_common::error::ErrorCode::Invalid),
             message: outcome.message.unwrap_or_default(),
             command_id: Some(outcome.command_id.to_string()),
         }),
@@ -102,7 +110,11 @@ fn outcome_response(
             if let Some(result) = outcome.result {
                 body.insert("result".into(), result);
             }
-            let code = if op.creates() { StatusCode::CREATED } else { StatusCode::OK };
+            let code = if op.creates() {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok((code, axum::Json(body)).into_response())
         }
     }
@@ -111,7 +123,9 @@ fn outcome_response(
 /// Publishes with `Nats-Msg-Id` = commandId and waits for the PubAck. NATS drops a repeat
 /// inside the duplicate window; a later repeat is dropped by the worker's `commands` key.
 async fn publish(state: &AppState, envelope: &CommandEnvelope) -> Result<(), ApiError> {
-    let subject = state.subjects.command(envelope.command.operation(), envelope.command_id);
+    let subject = state
+        .subjects
+        .command(envelope.command.operation(), envelope.command_id);
     let payload = serde_json::to_vec(envelope).map_err(|e| ApiError::Internal(e.into()))?;
     let message = PublishMessage::build()
         .message_id(envelope.command_id.to_string())
@@ -123,18 +137,28 @@ async fn publish(state: &AppState, envelope: &CommandEnvelope) -> Result<(), Api
         .map_err(|e| ApiError::Unavailable(format!("command not accepted: {e}")))?
         .await
         .map_err(|e| ApiError::Unavailable(format!("command not accepted: {e}")))?;
-    tracing::debug!(stream_seq = ack.sequence, duplicate = ack.duplicate, "command stored");
+    tracing::debug!(
+        stream_seq = ack.sequence,
+        duplicate = ack.duplicate,
+        "command stored"
+    );
     Ok(())
 }
 
-fn accepted_body(command: &Command, command_id: CommandId) -> serde_json::Map<String, serde_json::Value> {
+fn accepted_body(
+    command: &Command,
+    command_id: CommandId,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut body = command.assigned_ids();
     body.insert("commandId".into(), command_id.to_string().into());
     body.insert("status".into(), json!(CommandStatus::Accepted));
     body
 }
 
-fn accepted_response(command_id: CommandId, body: serde_json::Map<String, serde_json::Value>) -> Response {
+fn accepted_response(
+    command_id: CommandId,
+    body: serde_json::Map<String, serde_json::Value>,
+) -> Response {
     (
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/api/commands/{command_id}"))],
@@ -144,7 +168,11 @@ fn accepted_response(command_id: CommandId, body: serde_json::Map<String, serde_
 }
 
 /// `Prefer: wait=<seconds>` (RFC 7240) or `?wait=<seconds|true>`, capped by config.
-fn requested_wait(headers: &HeaderMap, query: Option<&str>, max_secs: u64) -> Result<Option<Duration>, ApiError> {
+fn requested_wait(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    max_secs: u64,
+) -> Result<Option<Duration>, ApiError> {
     let from_header = headers
         .get_all("prefer")
         .iter()
@@ -157,10 +185,9 @@ fn requested_wait(headers: &HeaderMap, query: Option<&str>, max_secs: u64) -> Re
     let wait = match raw.trim() {
         "true" => DEFAULT_WAIT,
         "false" | "0" => return Ok(None),
-        secs => Duration::from_secs(
-            secs.parse::<u64>()
-                .map_err(|_| ApiError::bad_parameter("wait", "must be a whole number of seconds or `true`"))?,
-        ),
+        secs => Duration::from_secs(secs.parse::<u64>().map_err(|_| {
+            ApiError::bad_parameter("wait", "must be a whole number of seconds or `true`")
+        })?),
     };
     Ok(Some(wait.min(Duration::from_secs(max_secs))))
 }
@@ -173,7 +200,9 @@ fn idempotency_key(headers: &HeaderMap, max_chars: usize) -> Result<Option<&str>
     let key = value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= max_chars && k.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|k| {
+            !k.is_empty() && k.len() <= max_chars && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             ApiError::bad_parameter(
                 "Idempotency-Key",
@@ -206,15 +235,26 @@ mod tests {
             requested_wait(&headers(&[("prefer", "wait=500")]), None, 30).unwrap(),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(requested_wait(&headers(&[]), Some("true"), 30).unwrap(), Some(DEFAULT_WAIT));
+        assert_eq!(
+            requested_wait(&headers(&[]), Some("true"), 30).unwrap(),
+            Some(DEFAULT_WAIT)
+        );
         assert!(requested_wait(&headers(&[("prefer", "wait=soon")]), None, 30).is_err());
     }
 
     #[test]
     fn idempotency_keys_are_bounded() {
-        assert_eq!(idempotency_key(&headers(&[("idempotency-key", "abc-1")]), 10).unwrap(), Some("abc-1"));
+        assert_eq!(
+            idempotency_key(&headers(&[("idempotency-key", "abc-1")]), 10).unwrap(),
+            Some("abc-1")
+        );
         assert!(idempotency_key(&headers(&[("idempotency-key", "a b")]), 10).is_err());
-        assert!(idempotency_key(&headers(&[("idempotency-key", "x".repeat(11).as_str())]), 10).is_err());
+        assert!(
+            idempotency_key(
+                &headers(&[("idempotency-key", "x".repeat(11).as_str())]),
+                10
+            )
+            .is_err()
+        );
     }
 }
-

@@ -15,6 +15,10 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let nats = state.nats.connection_state() == NatsState::Connected;
     let postgres = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
-    let status = if nats && postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if nats && postgres {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({"nats": nats, "postgres": postgres})))
 }

@@ -24,7 +24,10 @@ pub(crate) fn check_limit(limit: Option<i64>, max: i64) -> Result<i64, ApiError>
     match limit {
         None => Ok(max),
         Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::bad_parameter("limit", format!("must be between 1 and {max}"))),
+        Some(_) => Err(ApiError::bad_parameter(
+            "limit",
+            format!("must be between 1 and {max}"),
+        )),
     }
 }
 
@@ -37,10 +40,20 @@ pub async fn handler(
     let id = path_id(&id, ConversationId::parse)?;
     let limit = check_limit(query.limit, state.settings.limits.history_page_max)?;
     if query.before.is_some() && query.after.is_some() {
-        return Err(ApiError::bad_parameter("before", "give either `before` or `after`, not both"));
+        return Err(ApiError::bad_parameter(
+            "before",
+            "give either `before` or `after`, not both",
+        ));
     }
     if query.before.or(query.after).is_some_and(|s| s < 0) {
-        return Err(ApiError::bad_parameter(if query.before.is_some() { "before" } else { "after" }, "must be >= 0"));
+        return Err(ApiError::bad_parameter(
+            if query.before.is_some() {
+                "before"
+            } else {
+                "after"
+            },
+            "must be >= 0",
+        ));
     }
     require_participant(&state.db, id, &caller.user).await?;
     let ascending = query.after.is_some();
@@ -62,7 +75,13 @@ pub async fn handler(
     .fetch_all(&state.db)
     .await?;
     let messages: Vec<Value> = rows.into_iter().map(|(v,)| v).collect();
-    let next = if messages.len() as i64 == limit { messages.last().and_then(|m| m["seq"].as_i64()) } else { None };
+    let next = if messages.len() as i64 == limit {
+        messages.last().and_then(|m| m["seq"].as_i64())
+    } else {
+        None
+    };
     let cursor = if ascending { "after" } else { "before" };
-    Ok(Json(json!({ "messages": messages, "next": next.map(|seq| json!({ cursor: seq })) })))
+    Ok(Json(
+        json!({ "messages": messages, "next": next.map(|seq| json!({ cursor: seq })) }),
+    ))
 }

@@ -22,14 +22,21 @@ pub fn router() -> Router<AppState> {
         .route("/api/commands/{id}", get(command_get::handler))
         .route("/api/conversations", get(conversation_list::handler))
         .route("/api/conversations/{id}", get(conversation_get::handler))
-        .route("/api/conversations/{id}/messages", get(message_list::handler))
+        .route(
+            "/api/conversations/{id}/messages",
+            get(message_list::handler),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
 }
 
 /// Reads are for participants: 404 if the conversation does not exist, 403 if the caller is
 /// not (or no longer) in it.
-pub(crate) async fn require_participant(db: &PgPool, conversation: ConversationId, user: &UserId) -> Result<(), ApiError> {
+pub(crate) async fn require_participant(
+    db: &PgPool,
+    conversation: ConversationId,
+    user: &UserId,
+) -> Result<(), ApiError> {
     let row: Option<(bool,)> = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM participants WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL)
          FROM conversations WHERE id = $1",

@@ -60,7 +60,10 @@ pub struct CreateConversation {
     pub topic: Option<Topic>,
 }
 
-pub fn parse(req: CreateConversationRequest, ctx: &ParseContext<'_>) -> Result<Command, RequestError> {
+pub fn parse(
+    req: CreateConversationRequest,
+    ctx: &ParseContext<'_>,
+) -> Result<Command, RequestError> {
     check_is_caller("owner", req.owner.as_deref(), ctx.caller)?;
     let kind = ConversationKind::parse(&req.kind)
         .ok_or_else(|| RequestError::invalid("type", "must be one of direct, group, channel"))?;
@@ -72,7 +75,8 @@ pub fn parse(req: CreateConversationRequest, ctx: &ParseContext<'_>) -> Result<C
     }
     let mut participants = BTreeSet::new();
     for (i, raw) in req.participants.iter().enumerate() {
-        let user = UserId::parse(raw).map_err(|m| RequestError::invalid(format!("participants[{i}]"), m))?;
+        let user = UserId::parse(raw)
+            .map_err(|m| RequestError::invalid(format!("participants[{i}]"), m))?;
         participants.insert(user);
     }
     participants.insert(ctx.caller.user.clone());
@@ -104,9 +108,11 @@ mod tests {
 
     #[test]
     fn the_caller_is_always_a_participant() {
-        let Ok(Command::CreateConversation(c)) =
-            parse("createConversation", json!({"participants": ["bob", "bob"], "type": "group"}), "alice")
-        else {
+        let Ok(Command::CreateConversation(c)) = parse(
+            "createConversation",
+            json!({"participants": ["bob", "bob"], "type": "group"}),
+            "alice",
+        ) else {
             panic!("expected a valid command");
         };
         let names: Vec<_> = c.participants.iter().map(|u| u.as_str()).collect();
@@ -116,12 +122,36 @@ mod tests {
     #[test]
     fn rules_name_their_field() {
         let body = |v| parse("createConversation", v, "alice");
-        assert_eq!(field_of(body(json!({"participants": ["bob"], "type": "party"}))), "type");
-        assert_eq!(field_of(body(json!({"participants": ["bob", "carol"], "type": "direct"}))), "participants");
-        assert_eq!(field_of(body(json!({"participants": ["alice"], "type": "direct"}))), "participants");
-        assert_eq!(field_of(body(json!({"participants": ["bob", ""], "type": "group"}))), "participants[1]");
-        assert_eq!(field_of(body(json!({"participants": ["bob"], "type": "group", "topic": "x".repeat(201)}))), "topic");
-        assert_eq!(field_of(body(json!({"participants": ["bob"], "type": "group", "owner": "mallory"}))), "owner");
+        assert_eq!(
+            field_of(body(json!({"participants": ["bob"], "type": "party"}))),
+            "type"
+        );
+        assert_eq!(
+            field_of(body(
+                json!({"participants": ["bob", "carol"], "type": "direct"})
+            )),
+            "participants"
+        );
+        assert_eq!(
+            field_of(body(json!({"participants": ["alice"], "type": "direct"}))),
+            "participants"
+        );
+        assert_eq!(
+            field_of(body(json!({"participants": ["bob", ""], "type": "group"}))),
+            "participants[1]"
+        );
+        assert_eq!(
+            field_of(body(
+                json!({"participants": ["bob"], "type": "group", "topic": "x".repeat(201)})
+            )),
+            "topic"
+        );
+        assert_eq!(
+            field_of(body(
+                json!({"participants": ["bob"], "type": "group", "owner": "mallory"})
+            )),
+            "owner"
+        );
         assert!(body(json!({"participants": ["bob"], "type": "group", "owner": "alice"})).is_ok());
     }
 }

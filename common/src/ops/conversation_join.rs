@@ -19,8 +19,15 @@ pub struct JoinConversation {
     pub conversation_id: ConversationId,
 }
 
-pub fn parse(req: JoinConversationRequest, _ctx: &ParseContext<'_>) -> Result<Command, RequestError> {
+pub fn parse(
+    req: JoinConversationRequest,
+    _ctx: &ParseContext<'_>,
+) -> Result<Command, RequestError> {
     Ok(Command::JoinConversation(JoinConversation {
-        conversation_id: parse_id("conversationID", &req.conversation_id, ConversationId::parse)?,
+        conversation_id: parse_id(
+            "conversationID",
+            &req.conversation_id,
+            ConversationId::parse,
+        )?,
     }))
 }

@@ -30,7 +30,11 @@ pub fn parse(req: SendMessageRequest, ctx: &ParseContext<'_>) -> Result<Command,
     check_is_caller("userID", req.user_id.as_deref(), ctx.caller)?;
     Ok(Command::SendMessage(SendMessage {
         message_id: ctx.command_id.message_id(),
-        conversation_id: parse_id("conversationID", &req.conversation_id, ConversationId::parse)?,
+        conversation_id: parse_id(
+            "conversationID",
+            &req.conversation_id,
+            ConversationId::parse,
+        )?,
         message: MessageText::parse(&req.message, ctx.limits.message_max_chars)
             .map_err(|m| RequestError::invalid("message", m))?,
     }))
@@ -47,9 +51,25 @@ mod tests {
         let send = |v| parse("sendMessage", v, "alice");
         assert!(send(json!({"conversationID": conv, "message": "hi"})).is_ok());
         assert!(send(json!({"conversationID": conv, "message": "hi", "userID": "alice"})).is_ok());
-        assert_eq!(field_of(send(json!({"conversationID": conv, "message": "hi", "userID": "bob"}))), "userID");
-        assert_eq!(field_of(send(json!({"conversationID": conv, "message": "  "}))), "message");
-        assert_eq!(field_of(send(json!({"conversationID": conv, "message": "x".repeat(4097)}))), "message");
-        assert_eq!(field_of(send(json!({"conversationID": "nope", "message": "hi"}))), "conversationID");
+        assert_eq!(
+            field_of(send(
+                json!({"conversationID": conv, "message": "hi", "userID": "bob"})
+            )),
+            "userID"
+        );
+        assert_eq!(
+            field_of(send(json!({"conversationID": conv, "message": "  "}))),
+            "message"
+        );
+        assert_eq!(
+            field_of(send(
+                json!({"conversationID": conv, "message": "x".repeat(4097)})
+            )),
+            "message"
+        );
+        assert_eq!(
+            field_of(send(json!({"conversationID": "nope", "message": "hi"}))),
+            "conversationID"
+        );
     }
 }

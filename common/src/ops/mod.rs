@@ -134,7 +134,9 @@ pub fn parse_value(
     ctx: &ParseContext<'_>,
 ) -> Result<Command, RequestError> {
     if !value.is_object() {
-        return Err(RequestError::Malformed("the body must be a JSON object".into()));
+        return Err(RequestError::Malformed(
+            "the body must be a JSON object".into(),
+        ));
     }
     match op {
         Operation::CreateConversation => conversation_create::parse(typed(value)?, ctx),
@@ -170,7 +172,11 @@ fn check_is_caller(field: &str, value: Option<&str>, caller: &Caller) -> Result<
 }
 
 /// Parses a required id field, naming it on failure.
-fn parse_id<T>(field: &str, raw: &str, parse: fn(&str) -> Result<T, String>) -> Result<T, RequestError> {
+fn parse_id<T>(
+    field: &str,
+    raw: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, RequestError> {
     parse(raw).map_err(|m| RequestError::invalid(field, m))
 }
 
@@ -200,7 +206,8 @@ pub(crate) mod test_support {
 
     pub fn field_of(result: Result<Command, RequestError>) -> String {
         match result {
-            Err(RequestError::Invalid { field, .. }) | Err(RequestError::NotCaller { field, .. }) => field,
+            Err(RequestError::Invalid { field, .. })
+            | Err(RequestError::NotCaller { field, .. }) => field,
             other => panic!("expected a field error, got {other:?}"),
         }
     }
@@ -216,17 +223,47 @@ mod tests {
     fn malformed_and_unknown_are_told_apart() {
         let limits = crate::config::Settings::default().limits;
         let c = caller("alice");
-        let ctx = ParseContext { caller: &c, command_id: CommandId::generate(), limits: &limits };
-        assert!(matches!(parse_request("sendMessage", b"{not json", &ctx), Err(RequestError::Malformed(_))));
-        assert!(matches!(parse_request("sendMessage", b"[1]", &ctx), Err(RequestError::Malformed(_))));
-        assert!(matches!(parse_request("nope", b"{}", &ctx), Err(RequestError::UnknownOperation(_))));
+        let ctx = ParseContext {
+            caller: &c,
+            command_id: CommandId::generate(),
+            limits: &limits,
+        };
+        assert!(matches!(
+            parse_request("sendMessage", b"{not json", &ctx),
+            Err(RequestError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request("sendMessage", b"[1]", &ctx),
+            Err(RequestError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request("nope", b"{}", &ctx),
+            Err(RequestError::UnknownOperation(_))
+        ));
     }
 
     #[test]
     fn wrong_types_and_missing_fields_name_the_field() {
         let conv = uuid::Uuid::now_v7().to_string();
-        assert_eq!(field_of(parse("sendMessage", json!({"conversationID": conv}), "a")), "message");
-        assert_eq!(field_of(parse("sendMessage", json!({"conversationID": conv, "message": 5}), "a")), "message");
-        assert_eq!(field_of(parse("sendMessage", json!({"conversationID": 1, "message": "x"}), "a")), "conversationID");
+        assert_eq!(
+            field_of(parse("sendMessage", json!({"conversationID": conv}), "a")),
+            "message"
+        );
+        assert_eq!(
+            field_of(parse(
+                "sendMessage",
+                json!({"conversationID": conv, "message": 5}),
+                "a"
+            )),
+            "message"
+        );
+        assert_eq!(
+            field_of(parse(
+                "sendMessage",
+                json!({"conversationID": 1, "message": "x"}),
+                "a"
+            )),
+            "conversationID"
+        );
     }
 }

@@ -9,17 +9,25 @@ use serde_json::json;
 use crate::error::ApplyError;
 use crate::unit::Unit;
 
-pub async fn apply(unit: &mut Unit<'_>, c: &CreateConversation) -> Result<serde_json::Value, ApplyError> {
+pub async fn apply(
+    unit: &mut Unit<'_>,
+    c: &CreateConversation,
+) -> Result<serde_json::Value, ApplyError> {
     let owner = unit.envelope.actor.clone();
     let direct_key = (c.kind == ConversationKind::Direct).then(|| {
         // Participants are sorted and user ids hold no whitespace: a stable key per pair.
-        c.participants.iter().map(|u| u.as_str()).collect::<Vec<_>>().join("\n")
+        c.participants
+            .iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     });
     if let Some(key) = &direct_key {
-        let existing: Option<(uuid::Uuid,)> = sqlx::query_as("SELECT id FROM conversations WHERE direct_key = $1")
-            .bind(key)
-            .fetch_optional(&mut *unit.tx)
-            .await?;
+        let existing: Option<(uuid::Uuid,)> =
+            sqlx::query_as("SELECT id FROM conversations WHERE direct_key = $1")
+                .bind(key)
+                .fetch_optional(&mut *unit.tx)
+                .await?;
         if let Some((id,)) = existing {
             return Err(DomainError::new(
                 ErrorCode::Conflict,
@@ -60,6 +68,11 @@ pub async fn apply(unit: &mut Unit<'_>, c: &CreateConversation) -> Result<serde_
         "participants": c.participants,
         "createdAt": unit.envelope.at,
     });
-    unit.emit(c.conversation_id, EventType::ConversationCreated, conversation.clone()).await?;
+    unit.emit(
+        c.conversation_id,
+        EventType::ConversationCreated,
+        conversation.clone(),
+    )
+    .await?;
     Ok(conversation)
 }

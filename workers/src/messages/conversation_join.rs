@@ -10,7 +10,10 @@ use serde_json::json;
 use crate::error::ApplyError;
 use crate::unit::Unit;
 
-pub async fn apply(unit: &mut Unit<'_>, c: &JoinConversation) -> Result<serde_json::Value, ApplyError> {
+pub async fn apply(
+    unit: &mut Unit<'_>,
+    c: &JoinConversation,
+) -> Result<serde_json::Value, ApplyError> {
     let actor = unit.envelope.actor.clone();
     let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>, bool)> = sqlx::query_as(
         "SELECT c.kind, p.left_at, p.user_id IS NOT NULL FROM conversations c
@@ -37,9 +40,19 @@ pub async fn apply(unit: &mut Unit<'_>, c: &JoinConversation) -> Result<serde_js
             .into());
         }
         "group" => {
-            return Err(DomainError::new(ErrorCode::Forbidden, "members of a group are added by its admins").into());
+            return Err(DomainError::new(
+                ErrorCode::Forbidden,
+                "members of a group are added by its admins",
+            )
+            .into());
         }
-        _ => return Err(DomainError::new(ErrorCode::Forbidden, "a direct conversation cannot be joined").into()),
+        _ => {
+            return Err(DomainError::new(
+                ErrorCode::Forbidden,
+                "a direct conversation cannot be joined",
+            )
+            .into());
+        }
     }
     sqlx::query(
         "INSERT INTO participants (conversation_id, user_id, role, joined_at) VALUES ($1, $2, 'member', $3)
@@ -51,6 +64,8 @@ pub async fn apply(unit: &mut Unit<'_>, c: &JoinConversation) -> Result<serde_js
     .execute(&mut *unit.tx)
     .await?;
     let data = json!({"conversationID": c.conversation_id, "userID": actor, "role": "member", "joinedAt": unit.envelope.at});
-    let seq = unit.emit(c.conversation_id, EventType::ParticipantJoined, data).await?;
+    let seq = unit
+        .emit(c.conversation_id, EventType::ParticipantJoined, data)
+        .await?;
     Ok(json!({"conversationID": c.conversation_id, "userID": actor, "joined": true, "seq": seq}))
 }

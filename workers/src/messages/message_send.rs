@@ -22,7 +22,9 @@ pub async fn apply(unit: &mut Unit<'_>, c: &SendMessage) -> Result<serde_json::V
         "attachments": [],
         "createdAt": created_at,
     });
-    let seq = unit.emit(c.conversation_id, EventType::Message, message.clone()).await?;
+    let seq = unit
+        .emit(c.conversation_id, EventType::Message, message.clone())
+        .await?;
     sqlx::query(
         "INSERT INTO messages (id, conversation_id, seq, author_id, kind, body, created_at, command_id)
          VALUES ($1, $2, $3, $4, 'text', $5, $6, $7)",

@@ -13,7 +13,10 @@ use crate::error::ApplyError;
 use crate::unit::Unit;
 
 /// Applies one messages-pool command; the caller commits.
-pub async fn apply(unit: &mut Unit<'_>, command: &Command) -> Result<serde_json::Value, ApplyError> {
+pub async fn apply(
+    unit: &mut Unit<'_>,
+    command: &Command,
+) -> Result<serde_json::Value, ApplyError> {
     match command {
         Command::CreateConversation(c) => conversation_create::apply(unit, c).await,
         Command::JoinConversation(c) => conversation_join::apply(unit, c).await,

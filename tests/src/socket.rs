@@ -1,0 +1,134 @@
+//! [`SocketClient`]: the npm `socket.io-client` (tests/js/client.mjs) driven over stdio.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::workspace_root;
+
+pub struct SocketClient {
+    _child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::UnboundedReceiver<Value>,
+    /// Events that arrived while we waited for something else.
+    backlog: VecDeque<Value>,
+    next_id: u64,
+}
+
+impl SocketClient {
+    /// Connects; `Err` carries the server's `connect_error` message.
+    pub async fn connect(url: &str, token: &str) -> Result<SocketClient, String> {
+        let js = workspace_root().join("tests/js");
+        let mut child = Command::new("node")
+            .arg(js.join("client.mjs"))
+            .args([url, token])
+            .current_dir(&js)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("node: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && tx.send(value).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut client = SocketClient {
+            _child: child,
+            stdin,
+            lines,
+            backlog: VecDeque::new(),
+            next_id: 0,
+        };
+        let first = tokio::time::timeout(Duration::from_secs(15), client.lines.recv())
+            .await
+            .map_err(|_| "no connect within 15 s".to_string())?
+            .ok_or("client exited")?;
+        match first["kind"].as_str() {
+            Some("connected") => Ok(client),
+            _ => Err(first["message"]
+                .as_str()
+                .unwrap_or("connect failed")
+                .to_string()),
+        }
+    }
+
+    /// Emits `event` with an ack callback and returns the server's acknowledgement.
+    pub async fn emit(&mut self, event: &str, data: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let line = json!({"id": id, "emit": event, "data": data}).to_string() + "\n";
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to client");
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(15), self.lines.recv())
+                .await
+                .expect("ack within 15 s")
+                .expect("client alive");
+            if line["kind"] == "ack" && line["id"] == id {
+                return line["data"].clone();
+            }
+            self.backlog.push_back(line);
+        }
+    }
+
+    /// Joins a conversation and asserts the server admitted the socket.
+    pub async fn join(&mut self, conversation: &str) -> Value {
+        let ack = self
+            .emit("joinConversation", json!({"conversationID": conversation}))
+            .await;
+        assert_eq!(ack["joined"], true, "join refused: {ack}");
+        ack
+    }
+
+    /// The next event named `name` (others are kept), or `None` after `within`.
+    pub async fn next_named(&mut self, name: &str, within: Duration) -> Option<Value> {
+        if let Some(pos) = self
+            .backlog
+            .iter()
+            .position(|l| l["kind"] == "event" && l["event"] == name)
+        {
+            return self.backlog.remove(pos).map(|l| l["data"].clone());
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .ok()??;
+            if line["kind"] == "event" && line["event"] == name {
+                return Some(line["data"].clone());
+            }
+            self.backlog.push_back(line);
+        }
+    }
+
+    /// Collects `n` events named `name`, failing the test if they do not come in time.
+    pub async fn collect(&mut self, name: &str, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_named(name, left).await {
+                Some(e) => events.push(e),
+                None => panic!("got {} of {n} `{name}` events", events.len()),
+            }
+        }
+        events
+    }
+}
