@@ -47,7 +47,8 @@ ensure_nats() {
   local store="$ALLO_DATA/nats-$port"
   mkdir -p "$store" "$ALLO_DATA/logs"
   log "starting nats-server on $host:$port (store $store)"
-  "$bin" -c "$ALLO_ROOT/nats.conf" -a "$host" -p "$port" -sd "$store" >"$ALLO_DATA/logs/nats-$port.log" 2>&1 &
+  # nats.conf's store_dir is relative: run from a per-port folder so each server has its own.
+  (cd "$store" && exec "$bin" -c "$ALLO_ROOT/nats.conf" -a "$host" -p "$port") >"$ALLO_DATA/logs/nats-$port.log" 2>&1 &
   remember_pid process $!
   wait_reachable "$host" "$port" nats-server
 }
@@ -98,10 +99,10 @@ stop_started_services() {
   local kind what
   while read -r kind what; do
     case $kind in
-      process) kill "$what" 2>/dev/null; wait "$what" 2>/dev/null ;;
+      process) kill "$what" 2>/dev/null || true; wait "$what" 2>/dev/null || true ;;
       pg_ctl)
         local run=(); [ "$(id -u)" -eq 0 ] && run=(runuser -u postgres --)
-        "${run[@]}" "$(pg_bin)/pg_ctl" -D "$what" -m fast stop >/dev/null 2>&1 ;;
+        "${run[@]}" "$(pg_bin)/pg_ctl" -D "$what" -m fast stop >/dev/null 2>&1 || true ;;
     esac
   done <"$STARTED_PIDS_FILE"
   rm -f "$STARTED_PIDS_FILE"; STARTED_PIDS_FILE=""
