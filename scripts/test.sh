@@ -20,8 +20,12 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets -q -- -D warnings
-log "building binaries"
-cargo build --bins -q
 log "cargo test"
 # Each end-to-end test starts its own processes; a few at a time suit a 2-core machine.
-cargo test --workspace -- --test-threads "${ALLO_TEST_THREADS:-4}"
+results=$(mktemp)
+status=0
+cargo test --workspace --all-targets -- --test-threads "${ALLO_TEST_THREADS:-4}" 2>&1 | tee "$results" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+grep -E '^test result:' "$results" | awk '{p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}'
+rm -f "$results"
+exit "$status"

@@ -781,3 +781,114 @@ async fn jetstream_is_provisioned_per_prefix_and_idempotently() {
     );
     let _: Value = Value::Null;
 }
+
+/// A command that fails on every delivery (here: its worker "crashes" twice) is set aside on
+/// the next one and marked rejected; an undecodable one is set aside at once. Neither stays
+/// in the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_that_keep_failing_are_dead_lettered_with_a_readable_status() {
+    let max_deliver = 2;
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: false,
+        ack_wait_secs: 1,
+        env: vec![(
+            "ALLO_JETSTREAM__MAX_DELIVER".into(),
+            max_deliver.to_string(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let alice = stack.token("alice");
+    let sent = stack
+        .post(
+            &alice,
+            "sendMessage",
+            json!({"conversationID": uuid::Uuid::now_v7(), "message": "doomed"}),
+        )
+        .await;
+    assert_eq!(sent.status, 202);
+    let command_id = sent.body["commandId"].as_str().unwrap().to_string();
+
+    let js = async_nats::jetstream::new(stack.nats.clone());
+    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(subjects.command_stream())
+        .await
+        .unwrap()
+        .get_consumer("messages")
+        .await
+        .unwrap();
+    for delivery in 1..=max_deliver {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let msg = batch.next().await.expect("a delivery").expect("a message");
+        assert_eq!(msg.info().unwrap().delivered, delivery);
+        msg.ack_with(async_nats::jetstream::AckKind::Nak(None))
+            .await
+            .unwrap();
+    }
+    let poison_id = uuid::Uuid::now_v7();
+    js.publish(
+        format!("{}.cmd.messages.sendMessage.{poison_id}", subjects.prefix()),
+        "{\"not\": \"a command\"}".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    stack.start_worker().await;
+    let outcome = stack.outcome(&alice, &command_id).await;
+    assert_eq!(outcome["status"], "rejected");
+    assert_eq!(outcome["code"], "dead_lettered");
+    for _ in 0..100 {
+        if stack.count("SELECT count(*) FROM dead_letters").await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let parked: Vec<(uuid::Uuid,)> =
+        sqlx::query_as("SELECT command_id FROM dead_letters ORDER BY at")
+            .fetch_all(&stack.db)
+            .await
+            .unwrap();
+    let parked: BTreeSet<String> = parked.into_iter().map(|(id,)| id.to_string()).collect();
+    assert_eq!(
+        parked,
+        BTreeSet::from([command_id.clone(), poison_id.to_string()])
+    );
+    assert_eq!(stack.pending_commands().await, 0);
+    assert_eq!(stack.count("SELECT count(*) FROM messages").await, 0);
+}
+
+/// SIGTERM: the fan-out closes its sockets and exits; the API exits; neither hangs.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_and_fanout_stop_cleanly_on_sigterm() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let mut client = stack.socket("alice").await;
+    let started = std::time::Instant::now();
+    assert!(
+        stack.terminate("fanout").await,
+        "fan-out did not exit cleanly"
+    );
+    let closed = client.next_kind("disconnect", EVENT_WAIT).await;
+    assert!(
+        closed.is_some(),
+        "socket was not closed; got {:?} after {:?}",
+        client.backlog(),
+        started.elapsed()
+    );
+    // Closed by the server on purpose, not by a dropped connection.
+    assert_eq!(closed.unwrap()["reason"], "io server disconnect");
+    assert!(stack.terminate("api").await, "api did not exit cleanly");
+}

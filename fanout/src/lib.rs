@@ -22,6 +22,9 @@ use socketioxide::SocketIo;
 
 use crate::state::Fanout;
 
+/// Time given to queued disconnect packets at shutdown.
+const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Connects, serves Socket.IO and health routes on `fanout_addr` until `shutdown`.
 pub async fn serve(
     settings: Settings,
@@ -53,9 +56,23 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "allo-fanout listening");
+    // Close every socket first (clients see a server disconnect and reconnect elsewhere);
+    // upgraded websockets are not part of axum's graceful shutdown.
+    let closing = async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing sockets");
+        // A Socket.IO disconnect packet tells clients the server closed them on purpose
+        // ("io server disconnect"); give the transport tasks time to write it, then close.
+        if let Err(e) = io.disconnect().await {
+            tracing::warn!(error = %e, "disconnecting sockets");
+        }
+        tokio::time::sleep(SOCKET_DRAIN).await;
+        io.close().await;
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(closing)
         .await?;
+    tracing::info!("allo-fanout stopped");
     Ok(())
 }
 

@@ -41,12 +41,25 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Builds the binaries once per test process, so tests never run stale ones.
+/// Builds the binaries once per test process, so tests never run stale ones. Built like
+/// `cargo test --workspace` builds (all targets), so the feature set matches and this is a
+/// no-op after `cargo test` compiled; `--bins` alone would unify features differently and
+/// rebuild every time.
 fn binaries() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--bins", "-q"])
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        // cargo sets CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ... for this test process; some build
+        // scripts (ring) rerun when those change, so a nested build would rebuild them.
+        for (key, _) in std::env::vars() {
+            if (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
+                || key == "OUT_DIR"
+            {
+                cargo.env_remove(key);
+            }
+        }
+        let status = cargo
+            .args(["build", "--workspace", "--all-targets", "-q"])
             .current_dir(workspace_root())
             .status()
             .expect("running cargo build");
@@ -280,7 +293,8 @@ impl Stack {
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
-        matches!(tokio::time::timeout(Duration::from_secs(20), child.wait()).await, Ok(Ok(s)) if s.success())
+        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        matches!(exited, Ok(Ok(s)) if s.success())
     }
 
     async fn wait_ready(&self, base: &str) {

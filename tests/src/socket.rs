@@ -118,6 +118,28 @@ impl SocketClient {
         }
     }
 
+    /// The next line of kind `kind` (`disconnect`, ...), or `None` after `within`.
+    pub async fn next_kind(&mut self, kind: &str, within: Duration) -> Option<Value> {
+        if let Some(pos) = self.backlog.iter().position(|l| l["kind"] == kind) {
+            return self.backlog.remove(pos);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .ok()??;
+            if line["kind"] == kind {
+                return Some(line);
+            }
+            self.backlog.push_back(line);
+        }
+    }
+
+    /// What arrived but was not asked for yet (for failure messages).
+    pub fn backlog(&self) -> Vec<Value> {
+        self.backlog.iter().cloned().collect()
+    }
+
     /// Collects `n` events named `name`, failing the test if they do not come in time.
     pub async fn collect(&mut self, name: &str, n: usize, within: Duration) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + within;
