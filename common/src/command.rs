@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{CommandId, ConversationId, UserId};
 use crate::ops::conversation_create::CreateConversation;
 use crate::ops::conversation_join::JoinConversation;
+use crate::ops::message_forward::ForwardMessage;
+use crate::ops::message_ref::{EditMessage, MessageRef, PinMessage, ReactionMessage};
 use crate::ops::message_send::SendMessage;
+use crate::ops::participants::{AddParticipants, LeaveConversation, ParticipantChange};
 use crate::ops::{Operation, Pool};
 
 /// One validated command, tagged with its operation name.
@@ -17,8 +20,40 @@ pub enum Command {
     CreateConversation(CreateConversation),
     #[serde(rename = "joinConversation")]
     JoinConversation(JoinConversation),
+    #[serde(rename = "leaveConversation")]
+    LeaveConversation(LeaveConversation),
+    #[serde(rename = "addParticipants")]
+    AddParticipants(AddParticipants),
+    #[serde(rename = "removeParticipant")]
+    RemoveParticipant(ParticipantChange),
+    #[serde(rename = "addAdmin")]
+    AddAdmin(ParticipantChange),
+    #[serde(rename = "removeAdmin")]
+    RemoveAdmin(ParticipantChange),
     #[serde(rename = "sendMessage")]
     SendMessage(SendMessage),
+    #[serde(rename = "sendSecureMessage")]
+    SendSecureMessage(SendMessage),
+    #[serde(rename = "sendVoiceMessage")]
+    SendVoiceMessage(SendMessage),
+    #[serde(rename = "sendSticker")]
+    SendSticker(SendMessage),
+    #[serde(rename = "sendEphemeralMessage")]
+    SendEphemeralMessage(SendMessage),
+    #[serde(rename = "editMessage")]
+    EditMessage(EditMessage),
+    #[serde(rename = "deleteMessage")]
+    DeleteMessage(MessageRef),
+    #[serde(rename = "unsendMessage")]
+    UnsendMessage(MessageRef),
+    #[serde(rename = "forwardMessage")]
+    ForwardMessage(ForwardMessage),
+    #[serde(rename = "messageRead")]
+    MessageRead(MessageRef),
+    #[serde(rename = "pinMessage")]
+    PinMessage(PinMessage),
+    #[serde(rename = "reactionMessage")]
+    ReactionMessage(ReactionMessage),
 }
 
 impl Command {
@@ -26,7 +61,23 @@ impl Command {
         match self {
             Self::CreateConversation(_) => Operation::CreateConversation,
             Self::JoinConversation(_) => Operation::JoinConversation,
+            Self::LeaveConversation(_) => Operation::LeaveConversation,
+            Self::AddParticipants(_) => Operation::AddParticipants,
+            Self::RemoveParticipant(_) => Operation::RemoveParticipant,
+            Self::AddAdmin(_) => Operation::AddAdmin,
+            Self::RemoveAdmin(_) => Operation::RemoveAdmin,
             Self::SendMessage(_) => Operation::SendMessage,
+            Self::SendSecureMessage(_) => Operation::SendSecureMessage,
+            Self::SendVoiceMessage(_) => Operation::SendVoiceMessage,
+            Self::SendSticker(_) => Operation::SendSticker,
+            Self::SendEphemeralMessage(_) => Operation::SendEphemeralMessage,
+            Self::EditMessage(_) => Operation::EditMessage,
+            Self::DeleteMessage(_) => Operation::DeleteMessage,
+            Self::UnsendMessage(_) => Operation::UnsendMessage,
+            Self::ForwardMessage(_) => Operation::ForwardMessage,
+            Self::MessageRead(_) => Operation::MessageRead,
+            Self::PinMessage(_) => Operation::PinMessage,
+            Self::ReactionMessage(_) => Operation::ReactionMessage,
         }
     }
 
@@ -34,12 +85,28 @@ impl Command {
         self.operation().pool()
     }
 
-    /// The conversation the command acts in.
+    /// The conversation the command acts in (for a forward: the target).
     pub fn conversation_id(&self) -> ConversationId {
         match self {
             Self::CreateConversation(c) => c.conversation_id,
             Self::JoinConversation(c) => c.conversation_id,
-            Self::SendMessage(c) => c.conversation_id,
+            Self::LeaveConversation(c) => c.conversation_id,
+            Self::AddParticipants(c) => c.conversation_id,
+            Self::RemoveParticipant(c) | Self::AddAdmin(c) | Self::RemoveAdmin(c) => {
+                c.conversation_id
+            }
+            Self::SendMessage(c)
+            | Self::SendSecureMessage(c)
+            | Self::SendVoiceMessage(c)
+            | Self::SendSticker(c)
+            | Self::SendEphemeralMessage(c) => c.conversation_id,
+            Self::EditMessage(c) => c.target.conversation_id,
+            Self::DeleteMessage(c) | Self::UnsendMessage(c) | Self::MessageRead(c) => {
+                c.conversation_id
+            }
+            Self::ForwardMessage(c) => c.to_conversation_id,
+            Self::PinMessage(c) => c.target.conversation_id,
+            Self::ReactionMessage(c) => c.target.conversation_id,
         }
     }
 
@@ -50,8 +117,17 @@ impl Command {
             "conversationID".into(),
             self.conversation_id().to_string().into(),
         );
-        if let Self::SendMessage(c) = self {
-            ids.insert("messageId".into(), c.message_id.to_string().into());
+        let message = match self {
+            Self::SendMessage(c)
+            | Self::SendSecureMessage(c)
+            | Self::SendVoiceMessage(c)
+            | Self::SendSticker(c)
+            | Self::SendEphemeralMessage(c) => Some(c.message_id),
+            Self::ForwardMessage(c) => Some(c.new_message_id),
+            _ => None,
+        };
+        if let Some(id) = message {
+            ids.insert("messageId".into(), id.to_string().into());
         }
         ids
     }

@@ -79,6 +79,17 @@ pub struct Limits {
     pub history_page_max: i64,
     /// Longest `Idempotency-Key` accepted.
     pub idempotency_key_max_chars: usize,
+    /// Largest decoded ciphertext of a secure message (plaintext limits do not apply to it).
+    pub ciphertext_max_bytes: usize,
+    /// Longest signature / algorithm name of a secure message.
+    pub signature_max_chars: usize,
+    /// Longest voice or sticker URL.
+    pub url_max_chars: usize,
+    /// Shortest and longest `expiresIn` of an ephemeral message, in milliseconds.
+    pub ephemeral_min_ms: u64,
+    pub ephemeral_max_ms: u64,
+    /// How long after sending the author may still unsend a message.
+    pub unsend_window_secs: u64,
 }
 
 /// Worker pool tuning.
@@ -121,6 +132,12 @@ impl Default for Settings {
                 wait_max_secs: 30,
                 history_page_max: 100,
                 idempotency_key_max_chars: 200,
+                ciphertext_max_bytes: 16 * 1024,
+                signature_max_chars: 1024,
+                url_max_chars: 2048,
+                ephemeral_min_ms: 1_000,
+                ephemeral_max_ms: 7 * 24 * 3600 * 1000,
+                unsend_window_secs: 15 * 60,
             },
             worker: WorkerSettings {
                 batch_size: 64,

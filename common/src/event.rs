@@ -15,6 +15,26 @@ pub enum EventType {
     ConversationCreated,
     #[serde(rename = "participantJoined")]
     ParticipantJoined,
+    #[serde(rename = "participantLeft")]
+    ParticipantLeft,
+    #[serde(rename = "participantRemoved")]
+    ParticipantRemoved,
+    #[serde(rename = "participantRoleChanged")]
+    ParticipantRoleChanged,
+    #[serde(rename = "messageEdited")]
+    MessageEdited,
+    #[serde(rename = "messageDeleted")]
+    MessageDeleted,
+    #[serde(rename = "messageUnsent")]
+    MessageUnsent,
+    #[serde(rename = "messageForwarded")]
+    MessageForwarded,
+    #[serde(rename = "messageStatusUpdate")]
+    MessageStatusUpdate,
+    #[serde(rename = "messagePinned")]
+    MessagePinned,
+    #[serde(rename = "messageReaction")]
+    MessageReaction,
 }
 
 impl EventType {
@@ -23,6 +43,16 @@ impl EventType {
             Self::Message => "message",
             Self::ConversationCreated => "conversationCreated",
             Self::ParticipantJoined => "participantJoined",
+            Self::ParticipantLeft => "participantLeft",
+            Self::ParticipantRemoved => "participantRemoved",
+            Self::ParticipantRoleChanged => "participantRoleChanged",
+            Self::MessageEdited => "messageEdited",
+            Self::MessageDeleted => "messageDeleted",
+            Self::MessageUnsent => "messageUnsent",
+            Self::MessageForwarded => "messageForwarded",
+            Self::MessageStatusUpdate => "messageStatusUpdate",
+            Self::MessagePinned => "messagePinned",
+            Self::MessageReaction => "messageReaction",
         }
     }
 

@@ -262,7 +262,7 @@ impl Worker {
             });
         }
         sqlx::query("SAVEPOINT apply").execute(&mut *tx).await?;
-        let mut unit = Unit::new(&mut tx, envelope);
+        let mut unit = Unit::new(&mut tx, envelope, &me.settings.limits);
         let result = crate::messages::apply(&mut unit, &envelope.command).await;
         let events = std::mem::take(&mut unit.events);
         match result {

@@ -3,6 +3,7 @@
 //! event row in the same transaction as the change it describes.
 
 use allo_common::command::CommandEnvelope;
+use allo_common::config::Limits;
 use allo_common::event::{EventEnvelope, EventType};
 use allo_common::ids::{ConversationId, EventId};
 use chrono::Utc;
@@ -11,14 +12,21 @@ use sqlx::PgConnection;
 pub struct Unit<'a> {
     pub tx: &'a mut PgConnection,
     pub envelope: &'a CommandEnvelope,
+    /// The rules' bounds (e.g. the unsend window).
+    pub limits: &'a Limits,
     pub events: Vec<EventEnvelope>,
 }
 
 impl<'a> Unit<'a> {
-    pub fn new(tx: &'a mut PgConnection, envelope: &'a CommandEnvelope) -> Self {
+    pub fn new(
+        tx: &'a mut PgConnection,
+        envelope: &'a CommandEnvelope,
+        limits: &'a Limits,
+    ) -> Self {
         Self {
             tx,
             envelope,
+            limits,
             events: Vec::new(),
         }
     }
@@ -30,12 +38,30 @@ impl<'a> Unit<'a> {
         kind: EventType,
         data: serde_json::Value,
     ) -> Result<i64, sqlx::Error> {
-        let seq: i64 = sqlx::query_scalar(
+        let seq = self.reserve_seq(conversation).await?;
+        self.record(conversation, seq, kind, data).await?;
+        Ok(seq)
+    }
+
+    /// Takes the conversation's next seq (locking its row until commit), for a change that
+    /// needs its seq before its event exists (a message takes its event's seq).
+    pub async fn reserve_seq(&mut self, conversation: ConversationId) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
             "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
         )
         .bind(conversation)
         .fetch_one(&mut *self.tx)
-        .await?;
+        .await
+    }
+
+    /// Writes the event for a reserved seq.
+    pub async fn record(
+        &mut self,
+        conversation: ConversationId,
+        seq: i64,
+        kind: EventType,
+        data: serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
         let event = EventEnvelope {
             event_id: EventId::generate(),
             kind,
@@ -61,6 +87,6 @@ impl<'a> Unit<'a> {
         .execute(&mut *self.tx)
         .await?;
         self.events.push(event);
-        Ok(seq)
+        Ok(())
     }
 }

@@ -28,10 +28,10 @@ pub async fn handler(
             'role', p.role, 'lastSeq', c.last_seq, 'createdAt', c.created_at,
             'lastReadSeq', p.last_read_seq,
             'unreadCount', (SELECT count(*) FROM messages m
-                            WHERE m.conversation_id = c.id AND m.seq > p.last_read_seq AND m.author_id <> p.user_id),
-            'lastMessage', (SELECT json_build_object('messageId', m.id, 'seq', m.seq, 'userID', m.author_id,
-                                                     'message', m.body, 'createdAt', m.created_at)
-                            FROM messages m WHERE m.conversation_id = c.id ORDER BY m.seq DESC LIMIT 1))
+                            WHERE m.conversation_id = c.id AND m.seq > p.last_read_seq AND m.author_id <> p.user_id
+                              AND message_visible(m) AND m.deleted_at IS NULL),
+            'lastMessage', (SELECT message_json(m, p.user_id) FROM messages m
+                            WHERE m.conversation_id = c.id AND message_visible(m) ORDER BY m.seq DESC LIMIT 1))
          FROM participants p JOIN conversations c ON c.id = p.conversation_id
          WHERE p.user_id = $1 AND p.left_at IS NULL
          ORDER BY c.last_seq DESC, c.created_at DESC

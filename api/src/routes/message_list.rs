@@ -1,5 +1,6 @@
 //! `GET /api/conversations/{id}/messages?before=&after=&limit=`: history by seq cursor.
 //! Newest first by default (`before` pages back); with `after`, oldest first (catch up).
+//! Unsent and expired messages are not shown; deleted ones are tombstones.
 
 use allo_common::ids::ConversationId;
 use axum::Json;
@@ -58,10 +59,9 @@ pub async fn handler(
     require_participant(&state.db, id, &caller.user).await?;
     let ascending = query.after.is_some();
     let rows: Vec<(Value,)> = sqlx::query_as(
-        "SELECT json_build_object('messageId', m.id, 'conversationID', m.conversation_id, 'seq', m.seq,
-                                  'userID', m.author_id, 'kind', m.kind, 'message', m.body, 'createdAt', m.created_at)
+        "SELECT message_json(m, $6)
          FROM messages m
-         WHERE m.conversation_id = $1
+         WHERE m.conversation_id = $1 AND message_visible(m)
            AND ($2::bigint IS NULL OR m.seq < $2)
            AND ($3::bigint IS NULL OR m.seq > $3)
          ORDER BY CASE WHEN $4 THEN m.seq END ASC, m.seq DESC
@@ -72,6 +72,7 @@ pub async fn handler(
     .bind(query.after)
     .bind(ascending)
     .bind(limit)
+    .bind(caller.user.as_str())
     .fetch_all(&state.db)
     .await?;
     let messages: Vec<Value> = rows.into_iter().map(|(v,)| v).collect();

@@ -4,8 +4,12 @@ mod command_get;
 mod command_post;
 mod conversation_get;
 mod conversation_list;
+mod event_list;
 mod health;
+mod message_get;
 mod message_list;
+mod openapi;
+mod pin_list;
 
 use allo_common::error::ErrorCode;
 use allo_common::ids::{ConversationId, UserId};
@@ -26,6 +30,13 @@ pub fn router() -> Router<AppState> {
             "/api/conversations/{id}/messages",
             get(message_list::handler),
         )
+        .route(
+            "/api/conversations/{id}/messages/{message_id}",
+            get(message_get::handler),
+        )
+        .route("/api/conversations/{id}/pins", get(pin_list::handler))
+        .route("/api/conversations/{id}/events", get(event_list::handler))
+        .route("/api/openapi.json", get(openapi::handler))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
 }

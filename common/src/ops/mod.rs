@@ -4,7 +4,10 @@
 
 pub mod conversation_create;
 pub mod conversation_join;
+pub mod message_forward;
+pub mod message_ref;
 pub mod message_send;
+pub mod participants;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -41,29 +44,94 @@ impl Pool {
     }
 }
 
-/// Every operation Allo accepts, named as the original named its routes.
+/// Every operation Allo accepts, named as the original named its routes (plus the membership
+/// operations the original lacked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Operation {
     #[serde(rename = "createConversation")]
     CreateConversation,
     #[serde(rename = "joinConversation")]
     JoinConversation,
+    #[serde(rename = "leaveConversation")]
+    LeaveConversation,
+    #[serde(rename = "addParticipants")]
+    AddParticipants,
+    #[serde(rename = "removeParticipant")]
+    RemoveParticipant,
+    #[serde(rename = "addAdmin")]
+    AddAdmin,
+    #[serde(rename = "removeAdmin")]
+    RemoveAdmin,
     #[serde(rename = "sendMessage")]
     SendMessage,
+    #[serde(rename = "sendSecureMessage")]
+    SendSecureMessage,
+    #[serde(rename = "sendVoiceMessage")]
+    SendVoiceMessage,
+    #[serde(rename = "sendSticker")]
+    SendSticker,
+    #[serde(rename = "sendEphemeralMessage")]
+    SendEphemeralMessage,
+    #[serde(rename = "editMessage")]
+    EditMessage,
+    #[serde(rename = "deleteMessage")]
+    DeleteMessage,
+    #[serde(rename = "unsendMessage")]
+    UnsendMessage,
+    #[serde(rename = "forwardMessage")]
+    ForwardMessage,
+    #[serde(rename = "messageRead")]
+    MessageRead,
+    #[serde(rename = "pinMessage")]
+    PinMessage,
+    #[serde(rename = "reactionMessage")]
+    ReactionMessage,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 3] = [
+    pub const ALL: [Operation; 19] = [
         Operation::CreateConversation,
         Operation::JoinConversation,
+        Operation::LeaveConversation,
+        Operation::AddParticipants,
+        Operation::RemoveParticipant,
+        Operation::AddAdmin,
+        Operation::RemoveAdmin,
         Operation::SendMessage,
+        Operation::SendSecureMessage,
+        Operation::SendVoiceMessage,
+        Operation::SendSticker,
+        Operation::SendEphemeralMessage,
+        Operation::EditMessage,
+        Operation::DeleteMessage,
+        Operation::UnsendMessage,
+        Operation::ForwardMessage,
+        Operation::MessageRead,
+        Operation::PinMessage,
+        Operation::ReactionMessage,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CreateConversation => "createConversation",
             Self::JoinConversation => "joinConversation",
+            Self::LeaveConversation => "leaveConversation",
+            Self::AddParticipants => "addParticipants",
+            Self::RemoveParticipant => "removeParticipant",
+            Self::AddAdmin => "addAdmin",
+            Self::RemoveAdmin => "removeAdmin",
             Self::SendMessage => "sendMessage",
+            Self::SendSecureMessage => "sendSecureMessage",
+            Self::SendVoiceMessage => "sendVoiceMessage",
+            Self::SendSticker => "sendSticker",
+            Self::SendEphemeralMessage => "sendEphemeralMessage",
+            Self::EditMessage => "editMessage",
+            Self::DeleteMessage => "deleteMessage",
+            Self::UnsendMessage => "unsendMessage",
+            Self::ForwardMessage => "forwardMessage",
+            Self::MessageRead => "messageRead",
+            Self::PinMessage => "pinMessage",
+            Self::ReactionMessage => "reactionMessage",
         }
     }
 
@@ -72,14 +140,23 @@ impl Operation {
     }
 
     pub fn pool(self) -> Pool {
-        match self {
-            Self::CreateConversation | Self::JoinConversation | Self::SendMessage => Pool::Messages,
-        }
+        // Every operation so far belongs to the messages pool; scheduling, polls and reports
+        // come with their pools.
+        Pool::Messages
     }
 
     /// Whether a committed result is a new resource (201) rather than a change (200).
     pub fn creates(self) -> bool {
-        matches!(self, Self::CreateConversation | Self::SendMessage)
+        matches!(
+            self,
+            Self::CreateConversation
+                | Self::SendMessage
+                | Self::SendSecureMessage
+                | Self::SendVoiceMessage
+                | Self::SendSticker
+                | Self::SendEphemeralMessage
+                | Self::ForwardMessage
+        )
     }
 }
 
@@ -138,10 +215,27 @@ pub fn parse_value(
             "the body must be a JSON object".into(),
         ));
     }
+    use Operation as Op;
     match op {
-        Operation::CreateConversation => conversation_create::parse(typed(value)?, ctx),
-        Operation::JoinConversation => conversation_join::parse(typed(value)?, ctx),
-        Operation::SendMessage => message_send::parse(typed(value)?, ctx),
+        Op::CreateConversation => conversation_create::parse(typed(value)?, ctx),
+        Op::JoinConversation => conversation_join::parse(typed(value)?, ctx),
+        Op::LeaveConversation => participants::parse_leave(typed(value)?, ctx),
+        Op::AddParticipants => participants::parse_add(typed(value)?, ctx),
+        Op::RemoveParticipant => participants::parse_remove(typed(value)?, ctx),
+        Op::AddAdmin => participants::parse_add_admin(typed(value)?, ctx),
+        Op::RemoveAdmin => participants::parse_remove_admin(typed(value)?, ctx),
+        Op::SendMessage => message_send::parse(typed(value)?, ctx),
+        Op::SendSecureMessage => message_send::parse_secure(typed(value)?, ctx),
+        Op::SendVoiceMessage => message_send::parse_voice(typed(value)?, ctx),
+        Op::SendSticker => message_send::parse_sticker(typed(value)?, ctx),
+        Op::SendEphemeralMessage => message_send::parse_ephemeral(typed(value)?, ctx),
+        Op::EditMessage => message_ref::parse_edit(typed(value)?, ctx),
+        Op::DeleteMessage => message_ref::parse_delete(typed(value)?, ctx),
+        Op::UnsendMessage => message_ref::parse_unsend(typed(value)?, ctx),
+        Op::ForwardMessage => message_forward::parse(typed(value)?, ctx),
+        Op::MessageRead => message_ref::parse_read(typed(value)?, ctx),
+        Op::PinMessage => message_ref::parse_pin(typed(value)?, ctx),
+        Op::ReactionMessage => message_ref::parse_reaction(typed(value)?, ctx),
     }
 }
 

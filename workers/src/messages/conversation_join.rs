@@ -15,8 +15,8 @@ pub async fn apply(
     c: &JoinConversation,
 ) -> Result<serde_json::Value, ApplyError> {
     let actor = unit.envelope.actor.clone();
-    let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>, bool)> = sqlx::query_as(
-        "SELECT c.kind, p.left_at, p.user_id IS NOT NULL FROM conversations c
+    let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>, bool, bool)> = sqlx::query_as(
+        "SELECT c.kind, p.left_at, p.user_id IS NOT NULL, p.removed_by IS NOT NULL FROM conversations c
          LEFT JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
          WHERE c.id = $1",
     )
@@ -24,11 +24,18 @@ pub async fn apply(
     .bind(actor.as_str())
     .fetch_optional(&mut *unit.tx)
     .await?;
-    let Some((kind, left_at, had_row)) = row else {
+    let Some((kind, left_at, had_row, removed)) = row else {
         return Err(DomainError::new(ErrorCode::NotFound, "conversation not found").into());
     };
     if had_row && left_at.is_none() {
         return Ok(json!({"conversationID": c.conversation_id, "userID": actor, "joined": false}));
+    }
+    if removed {
+        return Err(DomainError::new(
+            ErrorCode::Forbidden,
+            "you were removed by an admin; an admin must add you back",
+        )
+        .into());
     }
     match kind.as_str() {
         "channel" => {}
@@ -56,7 +63,7 @@ pub async fn apply(
     }
     sqlx::query(
         "INSERT INTO participants (conversation_id, user_id, role, joined_at) VALUES ($1, $2, 'member', $3)
-         ON CONFLICT (conversation_id, user_id) DO UPDATE SET left_at = NULL, joined_at = $3, role = 'member'",
+         ON CONFLICT (conversation_id, user_id) DO UPDATE SET left_at = NULL, removed_by = NULL, joined_at = $3, role = 'member'",
     )
     .bind(c.conversation_id)
     .bind(actor.as_str())

@@ -1,13 +1,23 @@
-//! The messages pool: conversations and messages. One module per operation, each a handler
-//! that runs inside the command's [`Unit`] and returns the committed result.
+//! The messages pool: conversations, membership and messages. One module per operation (the
+//! send family shares one), each a handler that runs inside the command's [`Unit`] and returns
+//! the committed result. Shared checks (participant, role, message lookup) live here.
 
 mod conversation_create;
 mod conversation_join;
+mod message_delete;
+mod message_edit;
+mod message_forward;
+mod message_pin;
+mod message_react;
+mod message_read;
 mod message_send;
+mod participants;
 
 use allo_common::command::Command;
 use allo_common::error::{DomainError, ErrorCode};
-use allo_common::ids::{ConversationId, UserId};
+use allo_common::ids::{ConversationId, MessageId, UserId};
+use allo_common::ops::message_ref::MessageRef;
+use chrono::{DateTime, Utc};
 
 use crate::error::ApplyError;
 use crate::unit::Unit;
@@ -20,19 +30,61 @@ pub async fn apply(
     match command {
         Command::CreateConversation(c) => conversation_create::apply(unit, c).await,
         Command::JoinConversation(c) => conversation_join::apply(unit, c).await,
-        Command::SendMessage(c) => message_send::apply(unit, c).await,
+        Command::LeaveConversation(c) => participants::leave(unit, c).await,
+        Command::AddParticipants(c) => participants::add(unit, c).await,
+        Command::RemoveParticipant(c) => participants::remove(unit, c).await,
+        Command::AddAdmin(c) => participants::set_admin(unit, c, true).await,
+        Command::RemoveAdmin(c) => participants::set_admin(unit, c, false).await,
+        Command::SendMessage(c)
+        | Command::SendSecureMessage(c)
+        | Command::SendVoiceMessage(c)
+        | Command::SendSticker(c)
+        | Command::SendEphemeralMessage(c) => message_send::apply(unit, c).await,
+        Command::EditMessage(c) => message_edit::apply(unit, c).await,
+        Command::DeleteMessage(c) => message_delete::delete(unit, c).await,
+        Command::UnsendMessage(c) => message_delete::unsend(unit, c).await,
+        Command::ForwardMessage(c) => message_forward::apply(unit, c).await,
+        Command::MessageRead(c) => message_read::apply(unit, c).await,
+        Command::PinMessage(c) => message_pin::apply(unit, c).await,
+        Command::ReactionMessage(c) => message_react::apply(unit, c).await,
     }
 }
 
-/// The actor's role in a conversation they are an active participant of.
+fn refuse(code: ErrorCode, message: impl Into<String>) -> ApplyError {
+    DomainError::new(code, message).into()
+}
+
+/// A participant's role in a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    fn parse(raw: &str) -> Self {
+        match raw {
+            "owner" => Self::Owner,
+            "admin" => Self::Admin,
+            _ => Self::Member,
+        }
+    }
+
+    pub(crate) fn is_admin(self) -> bool {
+        matches!(self, Self::Owner | Self::Admin)
+    }
+}
+
+/// The user's role in a conversation they are an active participant of, and its kind.
 /// Not found when the conversation does not exist; not a participant otherwise.
 pub(crate) async fn require_participant(
     unit: &mut Unit<'_>,
     conversation: ConversationId,
     user: &UserId,
-) -> Result<String, ApplyError> {
-    let row: Option<(Option<String>,)> = sqlx::query_as(
-        "SELECT p.role FROM conversations c
+) -> Result<(Role, String), ApplyError> {
+    let row: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT c.kind, p.role FROM conversations c
          LEFT JOIN participants p
            ON p.conversation_id = c.id AND p.user_id = $2 AND p.left_at IS NULL
          WHERE c.id = $1",
@@ -42,12 +94,99 @@ pub(crate) async fn require_participant(
     .fetch_optional(&mut *unit.tx)
     .await?;
     match row {
-        None => Err(DomainError::new(ErrorCode::NotFound, "conversation not found").into()),
-        Some((None,)) => Err(DomainError::new(
+        None => Err(refuse(ErrorCode::NotFound, "conversation not found")),
+        Some((_, None)) => Err(refuse(
             ErrorCode::NotParticipant,
             "you are not a participant of this conversation",
-        )
-        .into()),
-        Some((Some(role),)) => Ok(role),
+        )),
+        Some((kind, Some(role))) => Ok((Role::parse(&role), kind)),
     }
+}
+
+/// A message's state, locked for the rest of the transaction.
+#[derive(sqlx::FromRow)]
+pub(crate) struct MessageState {
+    pub author_id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub created_at: DateTime<Utc>,
+    pub ephemeral: bool,
+    pub deleted: bool,
+    pub pinned: bool,
+}
+
+/// Loads a message of the named conversation. A message of another conversation, an unsent
+/// one and an expired one are all "not found": nothing can act on them.
+pub(crate) async fn load_message(
+    unit: &mut Unit<'_>,
+    conversation: ConversationId,
+    message: MessageId,
+) -> Result<MessageState, ApplyError> {
+    let row: Option<(MessageState, bool, bool)> = sqlx::query_as::<_, (String, i64, String, DateTime<Utc>, bool, bool, bool, bool, bool)>(
+        "SELECT author_id, seq, kind, created_at, expires_at IS NOT NULL, deleted_at IS NOT NULL,
+                pinned_at IS NOT NULL, unsent_at IS NOT NULL, expires_at IS NOT NULL AND expires_at <= now()
+         FROM messages WHERE id = $1 AND conversation_id = $2 FOR UPDATE",
+    )
+    .bind(message)
+    .bind(conversation)
+    .fetch_optional(&mut *unit.tx)
+    .await?
+    .map(|(author_id, seq, kind, created_at, ephemeral, deleted, pinned, unsent, expired)| {
+        (MessageState { author_id, seq, kind, created_at, ephemeral, deleted, pinned }, unsent, expired)
+    });
+    match row {
+        None => Err(refuse(
+            ErrorCode::NotFound,
+            "message not found in this conversation",
+        )),
+        Some((_, true, _)) => Err(refuse(ErrorCode::NotFound, "the message was unsent")),
+        Some((_, _, true)) => Err(refuse(ErrorCode::NotFound, "the message has expired")),
+        Some((state, false, false)) => Ok(state),
+    }
+}
+
+/// The common prelude of operations on one message: the actor is a participant, the message
+/// is in the conversation and still there.
+pub(crate) async fn participant_and_message(
+    unit: &mut Unit<'_>,
+    target: MessageRef,
+) -> Result<(Role, String, MessageState), ApplyError> {
+    let actor = unit.envelope.actor.clone();
+    let (role, kind) = require_participant(unit, target.conversation_id, &actor).await?;
+    let message = load_message(unit, target.conversation_id, target.message_id).await?;
+    Ok((role, kind, message))
+}
+
+/// The message as events and reads show it (see `message_json` in the migrations).
+pub(crate) async fn message_json(
+    unit: &mut Unit<'_>,
+    message: MessageId,
+) -> Result<serde_json::Value, ApplyError> {
+    Ok(
+        sqlx::query_scalar("SELECT message_json(m, NULL) FROM messages m WHERE id = $1")
+            .bind(message)
+            .fetch_one(&mut *unit.tx)
+            .await?,
+    )
+}
+
+/// Removes a message's content from the event log, so replays and resumes do not bring back
+/// what was deleted or unsent. (Copies already on the event stream age out with its max age.)
+pub(crate) async fn scrub_events(
+    unit: &mut Unit<'_>,
+    conversation: ConversationId,
+    message: MessageId,
+) -> Result<(), ApplyError> {
+    sqlx::query(
+        "UPDATE events SET data = CASE
+            WHEN type = 'messageEdited' THEN data || '{\"newMessage\": null}'::jsonb
+            ELSE data || '{\"message\": null, \"attachments\": [], \"signature\": null}'::jsonb END
+         WHERE conversation_id = $1 AND data->>'messageId' = $2
+           AND type IN ('message', 'messageForwarded', 'messageEdited')",
+    )
+    .bind(conversation)
+    .bind(message.to_string())
+    .execute(&mut *unit.tx)
+    .await?;
+    Ok(())
 }
