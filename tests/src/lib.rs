@@ -23,6 +23,7 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
 pub use socket::SocketClient;
+pub use std::time::Duration as StdDuration;
 
 pub fn admin_database_url() -> String {
     std::env::var("ALLO_TEST_DATABASE_URL")
@@ -381,6 +382,37 @@ impl Stack {
             .as_str()
             .expect("conversationID")
             .to_string()
+    }
+
+    /// Runs a command and waits for it; panics unless it was applied. Returns its `result`.
+    pub async fn act(&self, user: &str, op: &str, body: Value) -> Value {
+        let reply = self.post_wait(&self.token(user), op, body.clone()).await;
+        assert!(
+            matches!(reply.status, 200 | 201),
+            "{user} {op} {body}: {} {:?}",
+            reply.status,
+            reply.body
+        );
+        reply.body["result"].clone()
+    }
+
+    /// Runs a command that the worker must refuse; returns (status, code, commandId).
+    pub async fn refused(&self, user: &str, op: &str, body: Value) -> (u16, String, String) {
+        let reply = self.post_wait(&self.token(user), op, body.clone()).await;
+        assert_eq!(
+            reply.content_type(),
+            "application/problem+json",
+            "{user} {op} {body}: {:?}",
+            reply.body
+        );
+        (
+            reply.status,
+            reply.body["code"].as_str().unwrap_or_default().to_string(),
+            reply.body["commandId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
     }
 
     /// Polls `GET /api/commands/{id}` until the command is no longer `accepted`.

@@ -118,6 +118,40 @@ impl SocketClient {
         }
     }
 
+    /// The first event named `name` whose payload satisfies `pred` (others are kept).
+    pub async fn next_matching(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        within: Duration,
+    ) -> Option<Value> {
+        let matches = |l: &Value| l["kind"] == "event" && l["event"] == name && pred(&l["data"]);
+        if let Some(pos) = self.backlog.iter().position(matches) {
+            return self.backlog.remove(pos).map(|l| l["data"].clone());
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .ok()??;
+            if matches(&line) {
+                return Some(line["data"].clone());
+            }
+            self.backlog.push_back(line);
+        }
+    }
+
+    /// The event `name` about message `message_id`; panics if it does not come.
+    pub async fn event_about(&mut self, name: &str, message_id: &str) -> Value {
+        self.next_matching(
+            name,
+            |d| d["messageId"] == message_id,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no `{name}` event for {message_id}; got {:?}", self.backlog))
+    }
+
     /// The next line of kind `kind` (`disconnect`, ...), or `None` after `within`.
     pub async fn next_kind(&mut self, kind: &str, within: Duration) -> Option<Value> {
         if let Some(pos) = self.backlog.iter().position(|l| l["kind"] == kind) {
