@@ -639,3 +639,418 @@ async fn ephemeral_messages_vanish_from_reads_at_expiry() {
         404
     );
 }
+
+/// Two users drive a conversation through every operation, each action seen by the other's
+/// real socket.io-client; then history, pins, reactions, read markers, unread counts, the event
+/// log and membership are checked as each user sees them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_conversation_through_every_operation() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let a = stack.create_conversation("alice", "group", &["bob"]).await;
+    let b = stack.create_conversation("alice", "group", &["bob"]).await;
+    let mut alice = stack.socket("alice").await;
+    let mut bob = stack.socket("bob").await;
+    for conv in [&a, &b] {
+        alice.join(conv).await;
+        bob.join(conv).await;
+    }
+    let in_a = |extra: Value| {
+        let mut body = extra;
+        body["conversationID"] = json!(a);
+        body
+    };
+
+    // The five kinds of message, each seen by the other side as `message`.
+    let hello = id(
+        &stack
+            .act("alice", "sendMessage", in_a(json!({"message": "hello"})))
+            .await,
+        "messageId",
+    );
+    assert_eq!(bob.event_about("message", &hello).await["message"], "hello");
+    let ciphertext = "U2FsdGVkX1+vupppZksvRf5pq5g5XjFRIipRkwB0K1Y=";
+    let secure = stack
+        .act("bob", "sendSecureMessage", in_a(json!({"message": ciphertext, "encrypted": true, "encryptionAlgorithm": "AES-256-GCM", "signature": "c2lnbmF0dXJl"})))
+        .await;
+    let secure = id(&secure, "messageId");
+    let seen = alice.event_about("message", &secure).await;
+    assert_eq!(
+        (seen["message"].as_str(), seen["kind"].as_str()),
+        (Some(ciphertext), Some("secure"))
+    );
+    assert_eq!(
+        (
+            seen["encrypted"].as_bool(),
+            seen["encryptionAlgorithm"].as_str(),
+            seen["signature"].as_str()
+        ),
+        (Some(true), Some("AES-256-GCM"), Some("c2lnbmF0dXJl"))
+    );
+    let voice = id(
+        &stack
+            .act(
+                "alice",
+                "sendVoiceMessage",
+                in_a(json!({"message": "listen", "voiceUrl": "https://cdn.example.com/v/1.ogg"})),
+            )
+            .await,
+        "messageId",
+    );
+    assert_eq!(
+        bob.event_about("message", &voice).await["attachments"],
+        json!([{"type": "voice", "url": "https://cdn.example.com/v/1.ogg"}])
+    );
+    let sticker = id(
+        &stack
+            .act(
+                "bob",
+                "sendSticker",
+                in_a(json!({"stickerUrl": "https://cdn.example.com/s/cat.png"})),
+            )
+            .await,
+        "messageId",
+    );
+    let seen = alice.event_about("message", &sticker).await;
+    assert_eq!(
+        seen["attachments"],
+        json!([{"type": "sticker", "url": "https://cdn.example.com/s/cat.png"}])
+    );
+    assert_eq!(seen["message"], Value::Null);
+    let fleeting = id(
+        &stack
+            .act(
+                "alice",
+                "sendEphemeralMessage",
+                in_a(json!({"message": "for a minute", "expiresIn": 60_000})),
+            )
+            .await,
+        "messageId",
+    );
+    assert!(bob.event_about("message", &fleeting).await["ephemeralExpiresAt"].is_string());
+
+    // Edit, react (toggle), pin, forward, read, delete, unsend.
+    let edited = stack
+        .act(
+            "alice",
+            "editMessage",
+            in_a(json!({"messageId": hello, "newMessage": "hello, bob"})),
+        )
+        .await;
+    let seen = bob.event_about("messageEdited", &hello).await;
+    assert_eq!(
+        (seen["newMessage"].as_str(), seen["editedAt"].is_string()),
+        (Some("hello, bob"), true)
+    );
+    assert_eq!(edited["newMessage"], "hello, bob");
+    let react = |emoji: &str| in_a(json!({"messageId": hello, "emoji": emoji}));
+    stack.act("bob", "reactionMessage", react("👍")).await;
+    let seen = alice.event_about("messageReaction", &hello).await;
+    assert_eq!(
+        (
+            seen["emoji"].as_str(),
+            seen["userID"].as_str(),
+            seen["action"].as_str(),
+            seen["count"].as_i64()
+        ),
+        (Some("👍"), Some("bob"), Some("added"), Some(1))
+    );
+    stack.act("alice", "reactionMessage", react("👍")).await;
+    stack.act("alice", "reactionMessage", react("🎉")).await;
+    let again = stack.act("bob", "reactionMessage", react("👍")).await;
+    assert_eq!(
+        (again["action"].as_str(), again["count"].as_i64()),
+        (Some("removed"), Some(1))
+    );
+    stack
+        .act(
+            "bob",
+            "pinMessage",
+            in_a(json!({"messageId": hello, "pin": true})),
+        )
+        .await;
+    let seen = alice.event_about("messagePinned", &hello).await;
+    assert_eq!(
+        (
+            seen["pinned"].as_bool(),
+            seen["pinnedBy"].as_str(),
+            seen["pinnedAt"].is_string()
+        ),
+        (Some(true), Some("bob"), true)
+    );
+    let forwarded = stack
+        .act(
+            "alice",
+            "forwardMessage",
+            json!({"fromConversationID": a, "toConversationID": b, "messageId": hello}),
+        )
+        .await;
+    let copy = id(&forwarded, "messageId");
+    let seen = bob.event_about("messageForwarded", &copy).await;
+    assert_eq!(seen["conversationID"], b.as_str());
+    assert_eq!(seen["message"], "hello, bob");
+    assert_eq!(
+        seen["forwardedFrom"],
+        json!({"messageId": hello, "conversationID": a, "userID": "alice"})
+    );
+    assert!(seen["forwardedAt"].is_string());
+    let read = stack
+        .act("bob", "messageRead", in_a(json!({"messageId": voice})))
+        .await;
+    assert_eq!(read["moved"], true);
+    let seen = alice.event_about("messageStatusUpdate", &voice).await;
+    assert_eq!(
+        (seen["status"].as_str(), seen["readBy"].as_str()),
+        (Some("read"), Some("bob"))
+    );
+    let backwards = stack
+        .act("bob", "messageRead", in_a(json!({"messageId": hello})))
+        .await;
+    assert_eq!(
+        (
+            backwards["moved"].as_bool(),
+            backwards["lastReadSeq"].clone()
+        ),
+        (Some(false), read["lastReadSeq"].clone())
+    );
+    stack
+        .act("bob", "deleteMessage", in_a(json!({"messageId": sticker})))
+        .await;
+    assert_eq!(
+        alice.event_about("messageDeleted", &sticker).await["deletedBy"],
+        "bob"
+    );
+    stack
+        .act("alice", "unsendMessage", in_a(json!({"messageId": voice})))
+        .await;
+    bob.event_about("messageUnsent", &voice).await;
+
+    // History as bob sees it: newest first; unsent gone; tombstone kept; states and reactions.
+    let history = stack
+        .get(
+            Some(&stack.token("bob")),
+            &format!("/api/conversations/{a}/messages"),
+        )
+        .await;
+    let messages = history.body["messages"].as_array().unwrap().clone();
+    let ids: Vec<String> = messages.iter().map(|m| id(m, "messageId")).collect();
+    assert_eq!(
+        ids,
+        vec![
+            fleeting.clone(),
+            sticker.clone(),
+            secure.clone(),
+            hello.clone()
+        ]
+    );
+    let by_id = |mid: &str| {
+        messages
+            .iter()
+            .find(|m| m["messageId"] == mid)
+            .unwrap()
+            .clone()
+    };
+    let first = by_id(&hello);
+    assert_eq!(
+        (
+            first["message"].as_str(),
+            first["editedAt"].is_string(),
+            first["pinned"].as_bool(),
+            first["pinnedBy"].as_str()
+        ),
+        (Some("hello, bob"), true, Some(true), Some("bob"))
+    );
+    assert_eq!(
+        first["reactions"],
+        json!([{"emoji": "👍", "count": 1, "reacted": false}, {"emoji": "🎉", "count": 1, "reacted": false}])
+    );
+    let tomb = by_id(&sticker);
+    assert_eq!(
+        (
+            tomb["status"].as_str(),
+            tomb["message"].clone(),
+            tomb["attachments"].clone()
+        ),
+        (Some("deleted"), Value::Null, json!([]))
+    );
+    assert_eq!(by_id(&secure)["message"], ciphertext);
+    // Reactions as alice sees them, one message by id, pins.
+    let one = stack
+        .get(
+            Some(&stack.token("alice")),
+            &format!("/api/conversations/{a}/messages/{hello}"),
+        )
+        .await;
+    assert_eq!(
+        one.body["reactions"],
+        json!([{"emoji": "👍", "count": 1, "reacted": true}, {"emoji": "🎉", "count": 1, "reacted": true}])
+    );
+    let pins = stack
+        .get(
+            Some(&stack.token("alice")),
+            &format!("/api/conversations/{a}/pins"),
+        )
+        .await;
+    assert_eq!(
+        pins.body
+            .as_array()
+            .map(|p| p.iter().map(|m| id(m, "messageId")).collect::<Vec<_>>()),
+        Some(vec![hello.clone()])
+    );
+    assert_eq!(
+        stack
+            .get(
+                Some(&stack.token("alice")),
+                &format!("/api/conversations/{a}/messages/{voice}")
+            )
+            .await
+            .status,
+        404
+    );
+    // Read markers and unread counts: bob read up to the voice message; after it, alice sent
+    // only the ephemeral one. Alice read nothing; bob's visible, undeleted messages: the secure one.
+    let unread = |user: &'static str| {
+        let stack = &stack;
+        let a = a.clone();
+        async move {
+            let list = stack
+                .get(Some(&stack.token(user)), "/api/conversations")
+                .await;
+            list.body
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["conversationID"] == a.as_str())
+                .unwrap()
+                .clone()
+        }
+    };
+    let bobs = unread("bob").await;
+    assert_eq!(
+        (bobs["unreadCount"].as_i64(), bobs["lastReadSeq"].clone()),
+        (Some(1), read["lastReadSeq"].clone())
+    );
+    assert_eq!(bobs["lastMessage"]["messageId"], fleeting.as_str());
+    assert_eq!(unread("alice").await["unreadCount"], 1);
+    // The event log keeps every change in seq order, with unsent content scrubbed.
+    let log = stack
+        .get(
+            Some(&stack.token("bob")),
+            &format!("/api/conversations/{a}/events?after=0"),
+        )
+        .await;
+    let events = log.body["events"].as_array().unwrap();
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let voice_event = events
+        .iter()
+        .find(|e| e["type"] == "message" && e["data"]["messageId"] == voice.as_str())
+        .unwrap();
+    assert_eq!(voice_event["data"]["message"], Value::Null);
+    assert_eq!(voice_event["data"]["attachments"], json!([]));
+
+    // Membership: add, promote, remove, leave with handover.
+    stack
+        .act(
+            "alice",
+            "addParticipants",
+            json!({"conversationID": a, "participants": ["carol"]}),
+        )
+        .await;
+    let joined = bob
+        .next_matching(
+            "participantJoined",
+            |d| d["userID"] == "carol",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(joined["addedBy"], "alice");
+    stack
+        .act(
+            "alice",
+            "addAdmin",
+            json!({"conversationID": a, "participantID": "bob"}),
+        )
+        .await;
+    let promoted = alice
+        .next_matching(
+            "participantRoleChanged",
+            |d| d["userID"] == "bob",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(promoted["role"], "admin");
+    stack
+        .act(
+            "bob",
+            "removeParticipant",
+            json!({"conversationID": a, "participantID": "carol"}),
+        )
+        .await;
+    let removed = alice
+        .next_matching(
+            "participantRemoved",
+            |d| d["userID"] == "carol",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed["removedBy"], "bob");
+    assert_eq!(
+        stack
+            .get(
+                Some(&stack.token("carol")),
+                &format!("/api/conversations/{a}/messages")
+            )
+            .await
+            .status,
+        403
+    );
+    stack
+        .act("alice", "leaveConversation", json!({"conversationID": a}))
+        .await;
+    let left = bob
+        .next_matching(
+            "participantLeft",
+            |d| d["userID"] == "alice",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(left["newOwner"], "bob");
+    let conversation = stack
+        .get(
+            Some(&stack.token("bob")),
+            &format!("/api/conversations/{a}"),
+        )
+        .await;
+    assert_eq!(conversation.body["owner"], "bob");
+    assert_eq!(
+        conversation.body["participants"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        stack
+            .get(
+                Some(&stack.token("alice")),
+                &format!("/api/conversations/{a}")
+            )
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        stack
+            .refused("alice", "joinConversation", json!({"conversationID": a}))
+            .await
+            .1,
+        "forbidden"
+    );
+    // The OpenAPI document is served.
+    let doc = stack.get(None, "/api/openapi.json").await;
+    assert_eq!(
+        doc.body["paths"]["/api/chat/forwardMessage"]["post"]["operationId"],
+        "forwardMessage"
+    );
+}
