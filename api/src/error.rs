@@ -101,6 +101,13 @@ impl IntoResponse for ApiError {
                 format!("{field}: {message}"),
                 Some(field.clone()),
             ),
+            Self::Request(RequestError::Forbidden(message)) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                message.clone(),
+                None,
+            ),
             Self::BadParameter { field, message } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid",

@@ -10,6 +10,9 @@ use crate::ops::message_forward::ForwardMessage;
 use crate::ops::message_ref::{EditMessage, MessageRef, PinMessage, ReactionMessage};
 use crate::ops::message_send::SendMessage;
 use crate::ops::participants::{AddParticipants, LeaveConversation, ParticipantChange};
+use crate::ops::polls::{CreatePoll, VotePoll};
+use crate::ops::reports::{ReportMessage, ResolveReport};
+use crate::ops::scheduler::{CancelScheduledMessage, ScheduleMessage};
 use crate::ops::{Operation, Pool};
 
 /// One validated command, tagged with its operation name.
@@ -54,6 +57,22 @@ pub enum Command {
     PinMessage(PinMessage),
     #[serde(rename = "reactionMessage")]
     ReactionMessage(ReactionMessage),
+    #[serde(rename = "scheduleMessage")]
+    ScheduleMessage(ScheduleMessage),
+    #[serde(rename = "cancelScheduledMessage")]
+    CancelScheduledMessage(CancelScheduledMessage),
+    #[serde(rename = "createPoll")]
+    CreatePoll(CreatePoll),
+    #[serde(rename = "votePoll")]
+    VotePoll(VotePoll),
+    #[serde(rename = "closePoll")]
+    ClosePoll(MessageRef),
+    #[serde(rename = "reportMessage")]
+    ReportMessage(ReportMessage),
+    #[serde(rename = "resolveReport")]
+    ResolveReport(ResolveReport),
+    #[serde(rename = "restoreMessage")]
+    RestoreMessage(MessageRef),
 }
 
 impl Command {
@@ -78,6 +97,14 @@ impl Command {
             Self::MessageRead(_) => Operation::MessageRead,
             Self::PinMessage(_) => Operation::PinMessage,
             Self::ReactionMessage(_) => Operation::ReactionMessage,
+            Self::ScheduleMessage(_) => Operation::ScheduleMessage,
+            Self::CancelScheduledMessage(_) => Operation::CancelScheduledMessage,
+            Self::CreatePoll(_) => Operation::CreatePoll,
+            Self::VotePoll(_) => Operation::VotePoll,
+            Self::ClosePoll(_) => Operation::ClosePoll,
+            Self::ReportMessage(_) => Operation::ReportMessage,
+            Self::ResolveReport(_) => Operation::ResolveReport,
+            Self::RestoreMessage(_) => Operation::RestoreMessage,
         }
     }
 
@@ -85,9 +112,10 @@ impl Command {
         self.operation().pool()
     }
 
-    /// The conversation the command acts in (for a forward: the target).
-    pub fn conversation_id(&self) -> ConversationId {
-        match self {
+    /// The conversation the command acts in (for a forward: the target); none for commands
+    /// that name a scheduled message or a report.
+    pub fn conversation_id(&self) -> Option<ConversationId> {
+        Some(match self {
             Self::CreateConversation(c) => c.conversation_id,
             Self::JoinConversation(c) => c.conversation_id,
             Self::LeaveConversation(c) => c.conversation_id,
@@ -107,16 +135,21 @@ impl Command {
             Self::ForwardMessage(c) => c.to_conversation_id,
             Self::PinMessage(c) => c.target.conversation_id,
             Self::ReactionMessage(c) => c.target.conversation_id,
-        }
+            Self::ScheduleMessage(c) => c.conversation_id,
+            Self::CreatePoll(c) => c.conversation_id,
+            Self::VotePoll(c) => c.target.conversation_id,
+            Self::ClosePoll(c) | Self::RestoreMessage(c) => c.conversation_id,
+            Self::ReportMessage(c) => c.target.conversation_id,
+            Self::CancelScheduledMessage(_) | Self::ResolveReport(_) => return None,
+        })
     }
 
     /// The ids ingress assigned, returned in the 202 so clients can refer to what they created.
     pub fn assigned_ids(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut ids = serde_json::Map::new();
-        ids.insert(
-            "conversationID".into(),
-            self.conversation_id().to_string().into(),
-        );
+        if let Some(conversation) = self.conversation_id() {
+            ids.insert("conversationID".into(), conversation.to_string().into());
+        }
         let message = match self {
             Self::SendMessage(c)
             | Self::SendSecureMessage(c)
@@ -124,10 +157,23 @@ impl Command {
             | Self::SendSticker(c)
             | Self::SendEphemeralMessage(c) => Some(c.message_id),
             Self::ForwardMessage(c) => Some(c.new_message_id),
+            Self::CreatePoll(c) => Some(c.message_id),
             _ => None,
         };
         if let Some(id) = message {
             ids.insert("messageId".into(), id.to_string().into());
+        }
+        match self {
+            Self::ScheduleMessage(c) => {
+                ids.insert(
+                    "scheduledMessageId".into(),
+                    c.scheduled_id.to_string().into(),
+                );
+            }
+            Self::ReportMessage(c) => {
+                ids.insert("reportId".into(), c.report_id.to_string().into());
+            }
+            _ => {}
         }
         ids
     }

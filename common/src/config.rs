@@ -90,6 +90,15 @@ pub struct Limits {
     pub ephemeral_max_ms: u64,
     /// How long after sending the author may still unsend a message.
     pub unsend_window_secs: u64,
+    /// Furthest ahead a message may be scheduled (and a poll's closing time set).
+    pub schedule_horizon_secs: u64,
+    /// Longest poll question and option.
+    pub poll_question_max_chars: usize,
+    pub poll_option_max_chars: usize,
+    /// Longest free text of a report.
+    pub report_details_max_chars: usize,
+    /// Distinct reporters that hide a message pending review.
+    pub reports_hide_threshold: i64,
 }
 
 /// Worker pool tuning.
@@ -101,6 +110,10 @@ pub struct WorkerSettings {
     pub relay_interval_ms: u64,
     /// Age before the relay takes over an unpublished event (the worker normally publishes it).
     pub relay_grace_ms: u64,
+    /// How often a scheduler process looks for due scheduled messages and expired ephemeral ones.
+    pub scheduler_tick_ms: u64,
+    /// Rows one scheduler round takes (each round is one transaction).
+    pub scheduler_batch: i64,
 }
 
 impl Default for Settings {
@@ -138,11 +151,18 @@ impl Default for Settings {
                 ephemeral_min_ms: 1_000,
                 ephemeral_max_ms: 7 * 24 * 3600 * 1000,
                 unsend_window_secs: 15 * 60,
+                schedule_horizon_secs: 365 * 24 * 3600,
+                poll_question_max_chars: 300,
+                poll_option_max_chars: 100,
+                report_details_max_chars: 1000,
+                reports_hide_threshold: 3,
             },
             worker: WorkerSettings {
                 batch_size: 64,
                 relay_interval_ms: 1000,
                 relay_grace_ms: 2000,
+                scheduler_tick_ms: 250,
+                scheduler_batch: 50,
             },
             cors_origins: Vec::new(),
         }

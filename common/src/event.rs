@@ -35,6 +35,12 @@ pub enum EventType {
     MessagePinned,
     #[serde(rename = "messageReaction")]
     MessageReaction,
+    #[serde(rename = "pollVoted")]
+    PollVoted,
+    #[serde(rename = "pollClosed")]
+    PollClosed,
+    #[serde(rename = "messageRestored")]
+    MessageRestored,
 }
 
 impl EventType {
@@ -53,6 +59,9 @@ impl EventType {
             Self::MessageStatusUpdate => "messageStatusUpdate",
             Self::MessagePinned => "messagePinned",
             Self::MessageReaction => "messageReaction",
+            Self::PollVoted => "pollVoted",
+            Self::PollClosed => "pollClosed",
+            Self::MessageRestored => "messageRestored",
         }
     }
 

@@ -46,6 +46,14 @@ uuid_id!(
     CommandId
 );
 uuid_id!(
+    /// A scheduled message (until it is sent, when it becomes a message).
+    ScheduledId
+);
+uuid_id!(
+    /// A report of a message to the moderators.
+    ReportId
+);
+uuid_id!(
     /// An event: `Nats-Msg-Id` on the event stream, so a republished event is dropped by NATS.
     EventId
 );
@@ -81,6 +89,25 @@ impl CommandId {
 
     pub fn conversation_id(&self) -> ConversationId {
         ConversationId(self.derive("conversation"))
+    }
+
+    pub fn scheduled_id(&self) -> ScheduledId {
+        ScheduledId(self.derive("scheduled"))
+    }
+
+    pub fn report_id(&self) -> ReportId {
+        ReportId(self.derive("report"))
+    }
+}
+
+impl ScheduledId {
+    /// The id of the message a scheduled message becomes, and of its dispatch "command".
+    pub fn message_id(&self) -> MessageId {
+        MessageId(Uuid::new_v5(&self.0, b"message"))
+    }
+
+    pub fn dispatch_command_id(&self) -> CommandId {
+        CommandId(Uuid::new_v5(&self.0, b"dispatch"))
     }
 }
 

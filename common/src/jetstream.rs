@@ -54,7 +54,11 @@ pub fn event_stream_config(settings: &Settings, subjects: &Subjects) -> stream::
     stream::Config {
         name: subjects.event_stream(),
         description: Some("Allo committed events, per conversation and per user".into()),
-        subjects: vec![subjects.all_events(), subjects.all_users()],
+        subjects: vec![
+            subjects.all_events(),
+            subjects.all_users(),
+            subjects.all_moderators(),
+        ],
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(settings.jetstream.event_max_age_secs),

@@ -109,6 +109,15 @@ impl Subjects {
         Some((UserId::from_subject_token(token)?, kind.to_string()))
     }
 
+    /// `<prefix>.mod.<type>`: events for moderators' sockets (reports).
+    pub fn moderators(&self, kind: &str) -> String {
+        format!("{}.mod.{}", self.prefix, kind)
+    }
+
+    pub fn all_moderators(&self) -> String {
+        format!("{}.mod.>", self.prefix)
+    }
+
     /// `<prefix>.res.<commandId>`: core NATS (not stored) outcome for `Prefer: wait`.
     pub fn command_outcome(&self, id: CommandId) -> String {
         format!("{}.res.{}", self.prefix, id)

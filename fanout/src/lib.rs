@@ -44,6 +44,7 @@ pub async fn serve(
         .build_layer();
     io.ns("/", socket::on_connect.with(socket::authenticate));
     fanout.spawn_user_relay(io.clone()).await?;
+    fanout.spawn_moderator_relay(io.clone()).await?;
     let app = Router::new()
         .route(
             "/healthz",

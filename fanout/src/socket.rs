@@ -11,7 +11,9 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
-use crate::state::{Fanout, conversation_room, user_room};
+use allo_common::ops::reports::MODERATOR_ROLE;
+
+use crate::state::{Fanout, MODERATORS_ROOM, conversation_room, user_room};
 
 #[derive(Debug, Deserialize)]
 pub struct HandshakeAuth {
@@ -40,6 +42,9 @@ pub async fn authenticate(
 pub async fn on_connect(socket: SocketRef, Extension(caller): Extension<Caller>) {
     tracing::debug!(sid = %socket.id, user = %caller.user, "socket connected");
     socket.join(user_room(&caller.user));
+    if caller.has_role(MODERATOR_ROLE) {
+        socket.join(MODERATORS_ROOM);
+    }
     socket.on("joinConversation", join_conversation);
     socket.on("leaveConversation", leave_conversation);
     socket.on_disconnect(on_disconnect);

@@ -29,6 +29,9 @@ pub fn conversation_room(id: ConversationId) -> String {
     format!("c:{id}")
 }
 
+/// The Socket.IO room of every moderator's sockets.
+pub const MODERATORS_ROOM: &str = "moderators";
+
 /// The Socket.IO room of a user's sockets.
 pub fn user_room(user: &UserId) -> String {
     format!("u:{}", user.as_str())
@@ -108,6 +111,27 @@ impl Fanout {
         if !still_used && let Some(task) = subs.remove(&conversation) {
             task.abort();
         }
+    }
+
+    /// Relays moderator notices (`messageReported`, `reportResolved`) to the local sockets whose
+    /// token carries the `moderator` role.
+    pub async fn spawn_moderator_relay(
+        &self,
+        io: SocketIo,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let mut subscriber = self.nats.subscribe(self.subjects.all_moderators()).await?;
+        tokio::spawn(async move {
+            while let Some(msg) = subscriber.next().await {
+                let Ok(notice) = serde_json::from_slice::<UserNotice>(&msg.payload) else {
+                    tracing::warn!(subject = %msg.subject, "undecodable moderator notice dropped");
+                    continue;
+                };
+                if let Err(e) = io.to(MODERATORS_ROOM).emit(notice.kind, &notice.data).await {
+                    tracing::debug!(error = %e, "emit to moderators failed");
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Relays user-addressed subjects (conversationCreated to each participant, `error` to

@@ -7,16 +7,41 @@
 //! - [`unit`]: one command's transaction: the exactly-once key, the per-conversation `seq`,
 //!   the event rows.
 //! - [`messages`]: the messages pool's handlers, one module per operation.
+//! - [`scheduler`], [`polls`], [`reports`]: the other pools' handlers; the scheduler also runs
+//!   the dispatcher of due scheduled messages and the sweeper of expired ephemeral ones.
 //! - [`publish`]: puts committed events on the event stream (used by the pool and the relay).
 //! - [`relay`]: the outbox relay: publishes committed events the worker did not (crash
 //!   between commit and publish).
 
 pub mod error;
 pub mod messages;
+pub mod polls;
 pub mod pool;
 pub mod publish;
 pub mod relay;
+pub mod reports;
+pub mod scheduler;
 pub mod unit;
+
+use allo_common::command::Command;
+
+/// Applies one command of any pool inside its unit; the caller commits.
+pub async fn apply(
+    unit: &mut unit::Unit<'_>,
+    command: &Command,
+) -> Result<serde_json::Value, error::ApplyError> {
+    match command {
+        Command::ScheduleMessage(c) => scheduler::schedule(unit, c).await,
+        Command::CancelScheduledMessage(c) => scheduler::cancel(unit, c).await,
+        Command::CreatePoll(c) => polls::create(unit, c).await,
+        Command::VotePoll(c) => polls::vote(unit, c).await,
+        Command::ClosePoll(c) => polls::close(unit, c).await,
+        Command::ReportMessage(c) => reports::report(unit, c).await,
+        Command::ResolveReport(c) => reports::resolve(unit, c).await,
+        Command::RestoreMessage(c) => reports::restore(unit, c).await,
+        other => messages::apply(unit, other).await,
+    }
+}
 
 use std::sync::Arc;
 
@@ -51,10 +76,15 @@ pub async fn run(
 
     let worker = Worker::new(settings.clone(), db.clone(), nats.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    for pool in pools {
+    for pool in pools.iter().copied() {
         let worker = worker.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move { worker.run_pool(pool, shutdown).await });
+    }
+    if pools.contains(&Pool::Scheduler) {
+        let scheduler = scheduler::Scheduler::new(worker.clone());
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { scheduler.run(shutdown).await });
     }
     {
         let relay = relay::Relay::new(settings.clone(), db, nats);

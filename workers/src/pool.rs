@@ -34,9 +34,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// What applying a command did.
 #[derive(Debug)]
 pub enum Applied {
-    /// Committed now, with these events to publish.
+    /// Committed now, with these events (and moderator notices) to publish.
     Committed {
         events: Vec<EventEnvelope>,
+        notices: Vec<UserNotice>,
         outcome: CommandOutcome,
     },
     /// Refused now; the reason is recorded on the command.
@@ -198,14 +199,16 @@ impl Worker {
     /// outcome for `Prefer: wait`, and an `error` notice to the actor on rejection.
     async fn announce(&self, envelope: &CommandEnvelope, applied: &Applied) {
         let me = &self.inner;
-        if let Applied::Committed { events, .. } = applied {
-            match me.publisher.events(events).await {
-                Ok(()) => {
-                    for e in events {
-                        let _ = me.published.send(e.event_id).await;
-                    }
+        if let Applied::Committed {
+            events, notices, ..
+        } = applied
+        {
+            self.publish_events(events).await;
+            for (i, notice) in notices.iter().enumerate() {
+                let id = format!("mod:{}:{i}", envelope.command_id);
+                if let Err(e) = me.publisher.moderators(notice, id).await {
+                    tracing::warn!(error = %e, "moderator notice not published");
                 }
-                Err(e) => tracing::warn!(error = %e, "event publish failed; the relay will retry"),
             }
         }
         let outcome = applied.outcome();
@@ -232,6 +235,35 @@ impl Worker {
                 tracing::warn!(error = %e, "error notice not published");
             }
         }
+    }
+
+    /// Publishes committed events and queues their `published_at` marks; on failure the relay
+    /// publishes them later.
+    pub async fn publish_events(&self, events: &[EventEnvelope]) {
+        let me = &self.inner;
+        match me.publisher.events(events).await {
+            Ok(()) => {
+                for e in events {
+                    let _ = me.published.send(e.event_id).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "event publish failed; the relay will retry"),
+        }
+    }
+
+    /// Publishes a notice to one user's sockets (best effort: logged if it fails).
+    pub async fn notify(&self, user: &allo_common::ids::UserId, notice: &UserNotice, id: String) {
+        if let Err(e) = self.inner.publisher.notice(user, notice, id).await {
+            tracing::warn!(error = %e, "notice not published");
+        }
+    }
+
+    pub fn db(&self) -> &PgPool {
+        &self.inner.db
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
     }
 
     /// Applies one command in one transaction: its `commands` row (the exactly-once key), its
@@ -263,8 +295,9 @@ impl Worker {
         }
         sqlx::query("SAVEPOINT apply").execute(&mut *tx).await?;
         let mut unit = Unit::new(&mut tx, envelope, &me.settings.limits);
-        let result = crate::messages::apply(&mut unit, &envelope.command).await;
+        let result = crate::apply(&mut unit, &envelope.command).await;
         let events = std::mem::take(&mut unit.events);
+        let notices = std::mem::take(&mut unit.moderator_notices);
         match result {
             Ok(result) => {
                 sqlx::query("UPDATE commands SET result = $2 WHERE id = $1")
@@ -274,7 +307,11 @@ impl Worker {
                     .await?;
                 tx.commit().await?;
                 let outcome = outcome_of(envelope, CommandStatus::Committed, None, Some(result));
-                Ok(Applied::Committed { events, outcome })
+                Ok(Applied::Committed {
+                    events,
+                    notices,
+                    outcome,
+                })
             }
             Err(ApplyError::Rejected(reason)) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT apply")

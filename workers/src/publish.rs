@@ -61,6 +61,15 @@ impl Publisher {
         Ok(())
     }
 
+    /// A notice for every moderator's sockets (`<prefix>.mod.<type>`).
+    pub async fn moderators(&self, notice: &UserNotice, id: String) -> Result<(), PublishError> {
+        let payload = serde_json::to_vec(notice).unwrap_or_default();
+        self.send(self.subjects.moderators(&notice.kind), id, payload)
+            .await?
+            .await?;
+        Ok(())
+    }
+
     async fn send(
         &self,
         subject: String,

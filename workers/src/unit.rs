@@ -4,7 +4,7 @@
 
 use allo_common::command::CommandEnvelope;
 use allo_common::config::Limits;
-use allo_common::event::{EventEnvelope, EventType};
+use allo_common::event::{EventEnvelope, EventType, UserNotice};
 use allo_common::ids::{ConversationId, EventId};
 use chrono::Utc;
 use sqlx::PgConnection;
@@ -15,6 +15,9 @@ pub struct Unit<'a> {
     /// The rules' bounds (e.g. the unsend window).
     pub limits: &'a Limits,
     pub events: Vec<EventEnvelope>,
+    /// Messages for moderators' sockets, published after commit (they are not conversation
+    /// events: the room never sees them).
+    pub moderator_notices: Vec<UserNotice>,
 }
 
 impl<'a> Unit<'a> {
@@ -28,6 +31,7 @@ impl<'a> Unit<'a> {
             envelope,
             limits,
             events: Vec::new(),
+            moderator_notices: Vec::new(),
         }
     }
 

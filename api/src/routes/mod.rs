@@ -10,6 +10,9 @@ mod message_get;
 mod message_list;
 mod openapi;
 mod pin_list;
+mod poll_get;
+mod report_list;
+mod scheduled_list;
 
 use allo_common::error::ErrorCode;
 use allo_common::ids::{ConversationId, UserId};
@@ -37,6 +40,12 @@ pub fn router() -> Router<AppState> {
         .route("/api/conversations/{id}/pins", get(pin_list::handler))
         .route("/api/conversations/{id}/events", get(event_list::handler))
         .route("/api/openapi.json", get(openapi::handler))
+        .route(
+            "/api/conversations/{id}/polls/{message_id}",
+            get(poll_get::handler),
+        )
+        .route("/api/scheduled", get(scheduled_list::handler))
+        .route("/api/moderation/reports", get(report_list::handler))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
 }

@@ -8,6 +8,9 @@ pub mod message_forward;
 pub mod message_ref;
 pub mod message_send;
 pub mod participants;
+pub mod polls;
+pub mod reports;
+pub mod scheduler;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -86,10 +89,26 @@ pub enum Operation {
     PinMessage,
     #[serde(rename = "reactionMessage")]
     ReactionMessage,
+    #[serde(rename = "scheduleMessage")]
+    ScheduleMessage,
+    #[serde(rename = "cancelScheduledMessage")]
+    CancelScheduledMessage,
+    #[serde(rename = "createPoll")]
+    CreatePoll,
+    #[serde(rename = "votePoll")]
+    VotePoll,
+    #[serde(rename = "closePoll")]
+    ClosePoll,
+    #[serde(rename = "reportMessage")]
+    ReportMessage,
+    #[serde(rename = "resolveReport")]
+    ResolveReport,
+    #[serde(rename = "restoreMessage")]
+    RestoreMessage,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 19] = [
+    pub const ALL: [Operation; 27] = [
         Operation::CreateConversation,
         Operation::JoinConversation,
         Operation::LeaveConversation,
@@ -109,6 +128,14 @@ impl Operation {
         Operation::MessageRead,
         Operation::PinMessage,
         Operation::ReactionMessage,
+        Operation::ScheduleMessage,
+        Operation::CancelScheduledMessage,
+        Operation::CreatePoll,
+        Operation::VotePoll,
+        Operation::ClosePoll,
+        Operation::ReportMessage,
+        Operation::ResolveReport,
+        Operation::RestoreMessage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -132,6 +159,14 @@ impl Operation {
             Self::MessageRead => "messageRead",
             Self::PinMessage => "pinMessage",
             Self::ReactionMessage => "reactionMessage",
+            Self::ScheduleMessage => "scheduleMessage",
+            Self::CancelScheduledMessage => "cancelScheduledMessage",
+            Self::CreatePoll => "createPoll",
+            Self::VotePoll => "votePoll",
+            Self::ClosePoll => "closePoll",
+            Self::ReportMessage => "reportMessage",
+            Self::ResolveReport => "resolveReport",
+            Self::RestoreMessage => "restoreMessage",
         }
     }
 
@@ -140,9 +175,12 @@ impl Operation {
     }
 
     pub fn pool(self) -> Pool {
-        // Every operation so far belongs to the messages pool; scheduling, polls and reports
-        // come with their pools.
-        Pool::Messages
+        match self {
+            Self::ScheduleMessage | Self::CancelScheduledMessage => Pool::Scheduler,
+            Self::CreatePoll | Self::VotePoll | Self::ClosePoll => Pool::Polls,
+            Self::ReportMessage | Self::ResolveReport | Self::RestoreMessage => Pool::Reports,
+            _ => Pool::Messages,
+        }
     }
 
     /// Whether a committed result is a new resource (201) rather than a change (200).
@@ -156,6 +194,9 @@ impl Operation {
                 | Self::SendSticker
                 | Self::SendEphemeralMessage
                 | Self::ForwardMessage
+                | Self::ScheduleMessage
+                | Self::CreatePoll
+                | Self::ReportMessage
         )
     }
 }
@@ -174,6 +215,9 @@ pub enum RequestError {
     /// A field names someone other than the caller (`userID`, `owner`): 403.
     #[error("{field}: {message}")]
     NotCaller { field: String, message: String },
+    /// The caller's token lacks the role the operation needs: 403.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl RequestError {
@@ -236,6 +280,14 @@ pub fn parse_value(
         Op::MessageRead => message_ref::parse_read(typed(value)?, ctx),
         Op::PinMessage => message_ref::parse_pin(typed(value)?, ctx),
         Op::ReactionMessage => message_ref::parse_reaction(typed(value)?, ctx),
+        Op::ScheduleMessage => scheduler::parse_schedule(typed(value)?, ctx),
+        Op::CancelScheduledMessage => scheduler::parse_cancel(typed(value)?, ctx),
+        Op::CreatePoll => polls::parse_create(typed(value)?, ctx),
+        Op::VotePoll => polls::parse_vote(typed(value)?, ctx),
+        Op::ClosePoll => polls::parse_close(typed(value)?, ctx),
+        Op::ReportMessage => reports::parse_report(typed(value)?, ctx),
+        Op::ResolveReport => reports::parse_resolve(typed(value)?, ctx),
+        Op::RestoreMessage => reports::parse_restore(typed(value)?, ctx),
     }
 }
 

@@ -11,6 +11,15 @@ use crate::error::ApplyError;
 use crate::unit::Unit;
 
 pub async fn apply(unit: &mut Unit<'_>, c: &SendMessage) -> Result<serde_json::Value, ApplyError> {
+    insert(unit, c, None).await
+}
+
+/// Sends a message; `scheduled_at` marks one sent by the scheduler (its due time).
+pub async fn insert(
+    unit: &mut Unit<'_>,
+    c: &SendMessage,
+    scheduled_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<serde_json::Value, ApplyError> {
     let author = unit.envelope.actor.clone();
     require_participant(unit, c.conversation_id, &author).await?;
     let created_at = unit.envelope.at;
@@ -61,8 +70,8 @@ pub async fn apply(unit: &mut Unit<'_>, c: &SendMessage) -> Result<serde_json::V
     let seq = unit.reserve_seq(c.conversation_id).await?;
     sqlx::query(
         "INSERT INTO messages (id, conversation_id, seq, author_id, kind, body, attachments, encrypted,
-                               encryption_algorithm, signature, expires_at, created_at, command_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                               encryption_algorithm, signature, expires_at, created_at, command_id, scheduled_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(c.message_id)
     .bind(c.conversation_id)
@@ -77,6 +86,7 @@ pub async fn apply(unit: &mut Unit<'_>, c: &SendMessage) -> Result<serde_json::V
     .bind(expires_at)
     .bind(created_at)
     .bind(unit.envelope.command_id)
+    .bind(scheduled_at)
     .execute(&mut *unit.tx)
     .await?;
     let message = message_json(unit, c.message_id).await?;

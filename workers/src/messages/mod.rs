@@ -10,7 +10,7 @@ mod message_forward;
 mod message_pin;
 mod message_react;
 mod message_read;
-mod message_send;
+pub(crate) mod message_send;
 mod participants;
 
 use allo_common::command::Command;
@@ -47,11 +47,23 @@ pub async fn apply(
         Command::MessageRead(c) => message_read::apply(unit, c).await,
         Command::PinMessage(c) => message_pin::apply(unit, c).await,
         Command::ReactionMessage(c) => message_react::apply(unit, c).await,
+        other => Err(refuse(
+            ErrorCode::Invalid,
+            format!(
+                "{} is not a messages-pool operation",
+                other.operation().as_str()
+            ),
+        )),
     }
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> ApplyError {
     DomainError::new(code, message).into()
+}
+
+/// A refusal, for the other pools' handlers.
+pub(crate) fn refuse_with(code: ErrorCode, message: impl Into<String>) -> ApplyError {
+    refuse(code, message)
 }
 
 /// A participant's role in a conversation.
@@ -122,24 +134,55 @@ pub(crate) async fn load_message(
     conversation: ConversationId,
     message: MessageId,
 ) -> Result<MessageState, ApplyError> {
-    let row: Option<(MessageState, bool, bool)> = sqlx::query_as::<_, (String, i64, String, DateTime<Utc>, bool, bool, bool, bool, bool)>(
+    let row: Option<(MessageState, bool, bool)> = sqlx::query_as::<
+        _,
+        (
+            String,
+            i64,
+            String,
+            DateTime<Utc>,
+            bool,
+            bool,
+            bool,
+            bool,
+            bool,
+        ),
+    >(
         "SELECT author_id, seq, kind, created_at, expires_at IS NOT NULL, deleted_at IS NOT NULL,
-                pinned_at IS NOT NULL, unsent_at IS NOT NULL, expires_at IS NOT NULL AND expires_at <= now()
+                pinned_at IS NOT NULL, unsent_at IS NOT NULL OR hidden_at IS NOT NULL,
+                expires_at IS NOT NULL AND expires_at <= now()
          FROM messages WHERE id = $1 AND conversation_id = $2 FOR UPDATE",
     )
     .bind(message)
     .bind(conversation)
     .fetch_optional(&mut *unit.tx)
     .await?
-    .map(|(author_id, seq, kind, created_at, ephemeral, deleted, pinned, unsent, expired)| {
-        (MessageState { author_id, seq, kind, created_at, ephemeral, deleted, pinned }, unsent, expired)
-    });
+    .map(
+        |(author_id, seq, kind, created_at, ephemeral, deleted, pinned, unsent, expired)| {
+            (
+                MessageState {
+                    author_id,
+                    seq,
+                    kind,
+                    created_at,
+                    ephemeral,
+                    deleted,
+                    pinned,
+                },
+                unsent,
+                expired,
+            )
+        },
+    );
     match row {
         None => Err(refuse(
             ErrorCode::NotFound,
             "message not found in this conversation",
         )),
-        Some((_, true, _)) => Err(refuse(ErrorCode::NotFound, "the message was unsent")),
+        Some((_, true, _)) => Err(refuse(
+            ErrorCode::NotFound,
+            "the message was unsent or is hidden pending review",
+        )),
         Some((_, _, true)) => Err(refuse(ErrorCode::NotFound, "the message has expired")),
         Some((state, false, false)) => Ok(state),
     }

@@ -1,0 +1,35 @@
+//! `GET /api/conversations/{id}/polls/{messageId}`: a poll's question, options, exact tallies,
+//! state and the caller's own vote (participants only).
+
+use allo_common::ids::{ConversationId, MessageId};
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::Value;
+
+use super::require_participant;
+use crate::AppState;
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+
+pub async fn handler(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path((id, message)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = ConversationId::parse(&id).map_err(|m| ApiError::bad_parameter("id", m))?;
+    let message =
+        MessageId::parse(&message).map_err(|m| ApiError::bad_parameter("messageId", m))?;
+    require_participant(&state.db, id, &caller.user).await?;
+    let poll: Option<Value> = sqlx::query_scalar(
+        "SELECT poll_json(p, $3) || jsonb_build_object('messageId', m.id, 'conversationID', m.conversation_id, 'userID', m.author_id)
+         FROM polls p JOIN messages m ON m.id = p.message_id
+         WHERE p.message_id = $1 AND m.conversation_id = $2 AND message_visible(m)",
+    )
+    .bind(message)
+    .bind(id)
+    .bind(caller.user.as_str())
+    .fetch_optional(&state.db)
+    .await?;
+    poll.map(Json)
+        .ok_or_else(|| ApiError::NotFound("no such poll in this conversation".into()))
+}
