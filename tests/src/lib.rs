@@ -254,10 +254,15 @@ impl Stack {
 
     /// Starts one more `allo-workers` process (all pools) and waits until its consumers exist.
     pub async fn start_worker(&mut self) -> String {
+        self.start_worker_with(&[]).await
+    }
+
+    /// Starts one more `allo-workers` process with these arguments (e.g. `--pool polls`).
+    pub async fn start_worker_with(&mut self, args: &[&str]) -> String {
         let name = format!("worker-{}", self.next_worker);
         self.next_worker += 1;
         let bin = binaries().join("allo-workers");
-        self.spawn(&name, &bin, &[]);
+        self.spawn(&name, &bin, args);
         let js = async_nats::jetstream::new(self.nats.clone());
         let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
         for _ in 0..200 {
@@ -443,6 +448,25 @@ impl Stack {
             Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
             Err(_) => 0,
         }
+    }
+
+    /// Polls `sql` (a count) until it reaches `want`; panics after `within`.
+    pub async fn wait_count(&self, sql: &'static str, want: i64, within: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.count(sql).await;
+            if n >= want || tokio::time::Instant::now() > deadline {
+                assert_eq!(n, want, "{sql}");
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn socket_with_roles(&self, user: &str, roles: &[&str]) -> SocketClient {
+        SocketClient::connect(&self.fanout_url, &self.token_with_roles(user, roles))
+            .await
+            .expect("socket connects")
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
