@@ -192,7 +192,7 @@ async fn poll_rules() {
         json!([0, 0, 1])
     );
     // A poll with a closing time refuses votes after it.
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let timed = stack.act("alice", "createPoll", json!({"conversationID": conv, "question": "Quick?", "options": ["Y", "N"], "closesAt": soon})).await;
     let t = id(&timed, "messageId");
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -357,7 +357,7 @@ async fn scheduling_survives_downtime_and_cancels_once() {
     stack
         .act("bob", "leaveConversation", json!({"conversationID": conv}))
         .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     assert_eq!(
         stack.count("SELECT count(*) FROM messages").await,
         0,
