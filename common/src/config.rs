@@ -38,6 +38,7 @@ pub struct Settings {
     pub jetstream: JetStreamSettings,
     pub limits: Limits,
     pub worker: WorkerSettings,
+    pub fanout: FanoutSettings,
     /// Origins allowed by CORS on the API; empty means same-origin only.
     pub cors_origins: Vec<String>,
 }
@@ -99,6 +100,21 @@ pub struct Limits {
     pub report_details_max_chars: usize,
     /// Distinct reporters that hide a message pending review.
     pub reports_hide_threshold: i64,
+}
+
+/// Fan-out tuning.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FanoutSettings {
+    /// How long an out-of-order event waits for the missing seq before the gap is filled from
+    /// the Postgres event log.
+    pub reorder_window_ms: u64,
+    /// Most events replayed to a resuming socket; further behind, the join answers
+    /// `recovered: false` and the client reloads instead.
+    pub replay_max: i64,
+    /// Packets queued per socket before it counts as a slow consumer and is disconnected.
+    pub socket_buffer: usize,
+    /// Shortest interval between two `typing` signals of one socket (extra ones are dropped).
+    pub typing_min_interval_ms: u64,
 }
 
 /// Worker pool tuning.
@@ -163,6 +179,12 @@ impl Default for Settings {
                 relay_grace_ms: 2000,
                 scheduler_tick_ms: 250,
                 scheduler_batch: 50,
+            },
+            fanout: FanoutSettings {
+                reorder_window_ms: 150,
+                replay_max: 1000,
+                socket_buffer: 1024,
+                typing_min_interval_ms: 500,
             },
             cors_origins: Vec::new(),
         }

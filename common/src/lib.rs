@@ -19,6 +19,7 @@ pub mod db;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod ingress;
 pub mod jetstream;
 pub mod ops;
 pub mod subjects;

@@ -109,6 +109,16 @@ impl Subjects {
         Some((UserId::from_subject_token(token)?, kind.to_string()))
     }
 
+    /// `<prefix>.sig.<conversationID>.<kind>`: core NATS (not stored) signals between fan-out
+    /// replicas: `typing`, `presence`, and `who` (a request: who is online here?).
+    pub fn signal(&self, conversation: ConversationId, kind: &str) -> String {
+        format!("{}.sig.{}.{}", self.prefix, conversation, kind)
+    }
+
+    pub fn conversation_signals(&self, conversation: ConversationId) -> String {
+        format!("{}.sig.{}.>", self.prefix, conversation)
+    }
+
     /// `<prefix>.mod.<type>`: events for moderators' sockets (reports).
     pub fn moderators(&self, kind: &str) -> String {
         format!("{}.mod.{}", self.prefix, kind)

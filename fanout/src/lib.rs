@@ -6,6 +6,7 @@
 //! - [`state`]: the shared state and the per-conversation NATS subscriptions.
 //! - [`socket`]: the handshake (token check) and the client events.
 
+pub mod feed;
 pub mod socket;
 pub mod state;
 
@@ -35,11 +36,13 @@ pub async fn serve(
     let nats = allo_common::jetstream::connect(&settings, "allo-fanout")
         .await
         .context("connecting to NATS")?;
+    allo_common::jetstream::provision(&async_nats::jetstream::new(nats.clone()), &settings).await?;
+    let socket_buffer = settings.fanout.socket_buffer;
     let fanout = Arc::new(Fanout::new(settings, db, nats));
     let (layer, io) = SocketIo::builder()
         // A socket that cannot take this many queued packets is disconnected, not buffered
         // without bound.
-        .max_buffer_size(1024)
+        .max_buffer_size(socket_buffer)
         .with_state(fanout.clone())
         .build_layer();
     io.ns("/", socket::on_connect.with(socket::authenticate));

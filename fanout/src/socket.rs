@@ -1,19 +1,31 @@
-//! Socket handlers: the handshake checks `auth: {token}`; `joinConversation` admits only
-//! participants; `leaveConversation` leaves the room.
+//! Socket handlers. The handshake checks `auth: {token}`. Client events:
+//! - `joinConversation` (`"<id>"` or `{conversationID, lastSeq?}`): participants only; replays
+//!   what the socket missed after `lastSeq`, then live events; the ack says
+//!   `{joined, recovered, replayed, lastSeq}`.
+//! - `leaveConversation`, `typing` (`{conversationID, typing}`), `presence`
+//!   (`{conversationID}`; ack: who is online, across replicas).
+//! - The original's other client events (`sendMessage`, `editMessage`, ... seventeen), with the
+//!   original's bodies: validated and published exactly as over HTTP (`allo_common::ingress`);
+//!   the ack carries the `commandId` (or the problem).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use allo_common::auth::Caller;
-use allo_common::ids::ConversationId;
+use allo_common::ids::{CommandId, ConversationId};
+use allo_common::ingress;
+use allo_common::ops::reports::MODERATOR_ROLE;
+use allo_common::ops::{Operation, RequestError};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
+use tokio::sync::oneshot;
 
-use allo_common::ops::reports::MODERATOR_ROLE;
-
-use crate::state::{Fanout, MODERATORS_ROOM, conversation_room, user_room};
+use crate::feed::FeedCommand;
+use crate::state::{Fanout, MODERATORS_ROOM, user_room};
 
 #[derive(Debug, Deserialize)]
 pub struct HandshakeAuth {
@@ -23,6 +35,36 @@ pub struct HandshakeAuth {
 #[derive(Debug, thiserror::Error)]
 #[error("unauthorized: {0}")]
 pub struct Refused(String);
+
+/// Per-socket state kept in the socket's extensions.
+#[derive(Clone, Default)]
+pub struct SocketState {
+    /// Conversations this socket joined (to leave their feeds on disconnect).
+    joined: Arc<Mutex<HashSet<ConversationId>>>,
+    /// When this socket last signalled `typing` (rate limit).
+    last_typing: Arc<Mutex<Option<Instant>>>,
+}
+
+/// The original's client events that become commands (joinConversation joins the room instead).
+const COMMAND_EVENTS: [Operation; 17] = [
+    Operation::CreateConversation,
+    Operation::SendMessage,
+    Operation::SendSecureMessage,
+    Operation::ReportMessage,
+    Operation::EditMessage,
+    Operation::DeleteMessage,
+    Operation::ForwardMessage,
+    Operation::MessageRead,
+    Operation::PinMessage,
+    Operation::ReactionMessage,
+    Operation::ScheduleMessage,
+    Operation::UnsendMessage,
+    Operation::SendEphemeralMessage,
+    Operation::SendVoiceMessage,
+    Operation::SendSticker,
+    Operation::CreatePoll,
+    Operation::VotePoll,
+];
 
 /// Connect middleware: a socket without a valid token never connects (`connect_error`).
 pub async fn authenticate(
@@ -36,6 +78,7 @@ pub async fn authenticate(
         .verify(&auth.token)
         .map_err(|e| Refused(e.to_string()))?;
     socket.extensions.insert(caller);
+    socket.extensions.insert(SocketState::default());
     Ok(())
 }
 
@@ -47,30 +90,88 @@ pub async fn on_connect(socket: SocketRef, Extension(caller): Extension<Caller>)
     }
     socket.on("joinConversation", join_conversation);
     socket.on("leaveConversation", leave_conversation);
+    socket.on("typing", typing);
+    socket.on("presence", presence);
+    for op in COMMAND_EVENTS {
+        socket.on(
+            op.as_str(),
+            async move |Data(body): Data<Value>,
+                        ack: AckSender,
+                        Extension(caller): Extension<Caller>,
+                        State(fanout): State<Arc<Fanout>>| {
+                let _ = ack.send(&submit(&fanout, &caller, op, body).await);
+            },
+        );
+    }
     socket.on_disconnect(on_disconnect);
 }
 
-/// `joinConversation` takes a conversation id, or `{conversationID}`.
-fn conversation_of(payload: &Value) -> Option<ConversationId> {
-    let raw = match payload {
-        Value::String(s) => s.as_str(),
-        Value::Object(map) => map.get("conversationID")?.as_str()?,
-        _ => return None,
+/// Validates and publishes one command, as HTTP does; returns the ack body.
+async fn submit(fanout: &Fanout, caller: &Caller, op: Operation, body: Value) -> Value {
+    let limits = &fanout.settings.limits;
+    let envelope = match ingress::envelope(caller, op, body, CommandId::generate(), limits) {
+        Ok(envelope) => envelope,
+        Err(e) => return problem(&e),
     };
-    ConversationId::parse(raw).ok()
+    match ingress::publish(&fanout.js, &fanout.subjects, &envelope).await {
+        Ok(()) => Value::Object(ingress::accepted_body(&envelope)),
+        Err(e) => json!({"error": {"status": 503, "code": "unavailable", "detail": e}}),
+    }
+}
+
+fn problem(e: &RequestError) -> Value {
+    let (status, code, field) = match e {
+        RequestError::UnknownOperation(_) => (404, "unknown_operation", None),
+        RequestError::Malformed(_) => (400, "malformed", Some("body".to_string())),
+        RequestError::Invalid { field, .. } => (422, "invalid", Some(field.clone())),
+        RequestError::NotCaller { field, .. } => (403, "not_caller", Some(field.clone())),
+        RequestError::Forbidden(_) => (403, "forbidden", None),
+    };
+    json!({"error": {"status": status, "code": code, "field": field, "detail": e.to_string()}})
+}
+
+/// `joinConversation` takes a conversation id, or `{conversationID, lastSeq}`.
+fn parse_join(payload: &Value) -> Result<(ConversationId, Option<i64>), &'static str> {
+    let (raw, last_seq) = match payload {
+        Value::String(s) => (s.as_str(), None),
+        Value::Object(map) => {
+            let raw = map
+                .get("conversationID")
+                .and_then(Value::as_str)
+                .ok_or("conversationID is required")?;
+            let last_seq = match map.get("lastSeq") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_i64()
+                        .filter(|s| *s >= 0)
+                        .ok_or("lastSeq must be a whole number >= 0")?,
+                ),
+            };
+            (raw, last_seq)
+        }
+        _ => return Err("send a conversation id or {conversationID, lastSeq}"),
+    };
+    Ok((
+        ConversationId::parse(raw).map_err(|_| "conversationID must be a UUID")?,
+        last_seq,
+    ))
+}
+
+fn conversation_of(payload: &Value) -> Option<ConversationId> {
+    parse_join(payload).ok().map(|(c, _)| c)
 }
 
 async fn join_conversation(
     socket: SocketRef,
-    io: SocketIo,
     Data(payload): Data<Value>,
     ack: AckSender,
     Extension(caller): Extension<Caller>,
+    Extension(state): Extension<SocketState>,
     State(fanout): State<Arc<Fanout>>,
 ) {
-    match admit(&socket, &io, &payload, &caller, &fanout).await {
-        Ok(conversation) => {
-            let _ = ack.send(&json!({"joined": true, "conversationID": conversation}));
+    match admit(&socket, &payload, &caller, &state, &fanout).await {
+        Ok(reply) => {
+            let _ = ack.send(&reply);
         }
         Err((code, message)) => {
             let _ = socket.emit(
@@ -82,16 +183,14 @@ async fn join_conversation(
     }
 }
 
-/// Joins the socket to the conversation's room if the caller is a participant.
 async fn admit(
     socket: &SocketRef,
-    io: &SocketIo,
     payload: &Value,
     caller: &Caller,
+    state: &SocketState,
     fanout: &Fanout,
-) -> Result<ConversationId, (&'static str, &'static str)> {
-    let conversation =
-        conversation_of(payload).ok_or(("invalid", "conversationID must be a UUID"))?;
+) -> Result<Value, (&'static str, &'static str)> {
+    let (conversation, last_seq) = parse_join(payload).map_err(|m| ("invalid", m))?;
     match fanout.is_participant(conversation, &caller.user).await {
         Ok(true) => {}
         Ok(false) => {
@@ -105,49 +204,138 @@ async fn admit(
             return Err(("unavailable", "could not check membership; try again"));
         }
     }
+    let (reply, answer) = oneshot::channel();
+    let command = FeedCommand::Join {
+        socket: socket.clone(),
+        user: caller.user.clone(),
+        last_seq,
+        reply,
+    };
     fanout
-        .subscribe_and(io, conversation, || {
-            socket.join(conversation_room(conversation))
-        })
+        .feeds
+        .send(conversation, command)
         .await
         .map_err(|e| {
-            tracing::warn!(error = %e, "subscribe failed");
+            tracing::warn!(error = %e, "feed unavailable");
             ("unavailable", "could not subscribe; try again")
         })?;
-    Ok(conversation)
+    let ack = answer
+        .await
+        .map_err(|_| ("unavailable", "could not join; try again"))?;
+    if let Ok(mut joined) = state.joined.lock() {
+        joined.insert(conversation);
+    }
+    Ok(ack)
 }
 
 async fn leave_conversation(
     socket: SocketRef,
-    io: SocketIo,
     Data(payload): Data<Value>,
     ack: AckSender,
+    Extension(state): Extension<SocketState>,
     State(fanout): State<Arc<Fanout>>,
 ) {
     let Some(conversation) = conversation_of(&payload) else {
         let _ = ack.send(&json!({"left": false, "code": "invalid"}));
         return;
     };
-    socket.leave(conversation_room(conversation));
-    fanout
-        .unsubscribe_if_unused(&io, conversation, socket.id)
+    if let Ok(mut joined) = state.joined.lock() {
+        joined.remove(&conversation);
+    }
+    let _ = fanout
+        .feeds
+        .send(conversation, FeedCommand::Leave { sid: socket.id })
         .await;
     let _ = ack.send(&json!({"left": true, "conversationID": conversation}));
 }
 
+/// `typing {conversationID, typing}`: relayed to the conversation's sockets on every replica,
+/// never stored; at most one signal per socket per `typing_min_interval_ms`.
+async fn typing(
+    socket: SocketRef,
+    Data(payload): Data<Value>,
+    Extension(caller): Extension<Caller>,
+    Extension(state): Extension<SocketState>,
+    State(fanout): State<Arc<Fanout>>,
+) {
+    let Some(conversation) = conversation_of(&payload) else {
+        return;
+    };
+    let min_gap = Duration::from_millis(fanout.settings.fanout.typing_min_interval_ms);
+    let allowed = match state.last_typing.lock() {
+        Ok(mut last) => {
+            let now = Instant::now();
+            let ok = last.is_none_or(|at| now.duration_since(at) >= min_gap);
+            if ok {
+                *last = Some(now);
+            }
+            ok
+        }
+        Err(_) => false,
+    };
+    if allowed {
+        let typing = payload["typing"].as_bool().unwrap_or(true);
+        let command = FeedCommand::Typing {
+            sid: socket.id,
+            user: caller.user.clone(),
+            typing,
+        };
+        let _ = fanout.feeds.send(conversation, command).await;
+    }
+}
+
+/// `presence {conversationID}`: who of the conversation is online now, on every replica
+/// (each replica's feed answers for its own sockets).
+async fn presence(
+    Data(payload): Data<Value>,
+    ack: AckSender,
+    Extension(state): Extension<SocketState>,
+    State(fanout): State<Arc<Fanout>>,
+) {
+    let Some(conversation) = conversation_of(&payload) else {
+        let _ = ack.send(&json!({"code": "invalid"}));
+        return;
+    };
+    let joined = state
+        .joined
+        .lock()
+        .map(|j| j.contains(&conversation))
+        .unwrap_or(false);
+    if !joined {
+        let _ = ack.send(&json!({"code": "not_joined", "message": "join the conversation first"}));
+        return;
+    }
+    let inbox = fanout.nats.new_inbox();
+    let mut online = HashSet::new();
+    if let Ok(mut replies) = fanout.nats.subscribe(inbox.clone()).await {
+        let subject = fanout.subjects.signal(conversation, "who");
+        let _ = fanout
+            .nats
+            .publish_with_reply(subject, inbox, "{}".into())
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
+        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+            if let Ok(users) = serde_json::from_slice::<Vec<String>>(&reply.payload) {
+                online.extend(users);
+            }
+        }
+    }
+    let mut online: Vec<String> = online.into_iter().collect();
+    online.sort();
+    let _ = ack.send(&json!({"conversationID": conversation, "online": online}));
+}
+
 async fn on_disconnect(
     socket: SocketRef,
-    io: SocketIo,
     reason: DisconnectReason,
+    Extension(state): Extension<SocketState>,
     State(fanout): State<Arc<Fanout>>,
 ) {
     tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
-    for room in socket.rooms() {
-        if let Some(id) = room
-            .strip_prefix("c:")
-            .and_then(|r| ConversationId::parse(r).ok())
-        {
-            fanout.unsubscribe_if_unused(&io, id, socket.id).await;
-        }
-    }
+    let joined: Vec<ConversationId> = state
+        .joined
+        .lock()
+        .map(|j| j.iter().copied().collect())
+        .unwrap_or_default();
+    fanout.feeds.forget(socket.id, &joined).await;
 }

@@ -1,32 +1,26 @@
 //! The fan-out's shared state: config, Postgres (membership checks), NATS, and the
 //! conversation subscriptions this process holds.
 
-use std::collections::HashMap;
-
 use allo_common::Settings;
 use allo_common::auth::TokenKeys;
 use allo_common::event::{EventEnvelope, UserNotice};
 use allo_common::ids::{ConversationId, UserId};
+
+use crate::feed::{FeedContext, Feeds};
 use allo_common::subjects::Subjects;
 use futures::StreamExt;
 use socketioxide::SocketIo;
 use sqlx::PgPool;
-use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 
 pub struct Fanout {
     pub settings: Settings,
     pub db: PgPool,
     pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
     pub keys: TokenKeys,
-    /// One NATS subscription task per conversation some local socket joined.
-    subscriptions: Mutex<HashMap<ConversationId, JoinHandle<()>>>,
-}
-
-/// The Socket.IO room of a conversation.
-pub fn conversation_room(id: ConversationId) -> String {
-    format!("c:{id}")
+    /// One feed per conversation some local socket joined.
+    pub feeds: Feeds,
 }
 
 /// The Socket.IO room of every moderator's sockets.
@@ -39,13 +33,22 @@ pub fn user_room(user: &UserId) -> String {
 
 impl Fanout {
     pub fn new(settings: Settings, db: PgPool, nats: async_nats::Client) -> Self {
+        let subjects = Subjects::new(&settings.subject_prefix);
+        let feeds = Feeds::new(FeedContext {
+            db: db.clone(),
+            nats: nats.clone(),
+            subjects: subjects.clone(),
+            settings: settings.fanout.clone(),
+            replica: uuid::Uuid::new_v4().to_string(),
+        });
         Self {
-            subjects: Subjects::new(&settings.subject_prefix),
             keys: TokenKeys::from_secret(&settings.jwt_secret),
+            js: async_nats::jetstream::new(nats.clone()),
+            subjects,
             settings,
             db,
             nats,
-            subscriptions: Mutex::new(HashMap::new()),
+            feeds,
         }
     }
 
@@ -68,49 +71,6 @@ impl Fanout {
         .bind(user.as_str())
         .fetch_one(&self.db)
         .await
-    }
-
-    /// Makes sure this process receives the conversation's events, then runs `join` (adding the
-    /// socket to the room) under the same lock, so a concurrent last-leave cannot unsubscribe
-    /// in between.
-    pub async fn subscribe_and(
-        &self,
-        io: &SocketIo,
-        conversation: ConversationId,
-        join: impl FnOnce(),
-    ) -> Result<(), async_nats::SubscribeError> {
-        let mut subs = self.subscriptions.lock().await;
-        if let std::collections::hash_map::Entry::Vacant(slot) = subs.entry(conversation) {
-            let subscriber = self
-                .nats
-                .subscribe(self.subjects.conversation_events(conversation))
-                .await?;
-            slot.insert(tokio::spawn(relay_conversation(
-                io.clone(),
-                conversation,
-                subscriber,
-            )));
-        }
-        join();
-        Ok(())
-    }
-
-    /// Drops the conversation's subscription if no local socket but `leaving` is in its room.
-    pub async fn unsubscribe_if_unused(
-        &self,
-        io: &SocketIo,
-        conversation: ConversationId,
-        leaving: socketioxide::socket::Sid,
-    ) {
-        let mut subs = self.subscriptions.lock().await;
-        let still_used = io
-            .to(conversation_room(conversation))
-            .sockets()
-            .iter()
-            .any(|s| s.id != leaving);
-        if !still_used && let Some(task) = subs.remove(&conversation) {
-            task.abort();
-        }
     }
 
     /// Relays moderator notices (`messageReported`, `reportResolved`) to the local sockets whose
@@ -163,27 +123,5 @@ impl Fanout {
             }
         });
         Ok(())
-    }
-}
-
-/// Emits each event of one conversation to its room, under the event's type.
-async fn relay_conversation(
-    io: SocketIo,
-    conversation: ConversationId,
-    mut subscriber: async_nats::Subscriber,
-) {
-    let room = conversation_room(conversation);
-    while let Some(msg) = subscriber.next().await {
-        let Ok(event) = serde_json::from_slice::<EventEnvelope>(&msg.payload) else {
-            tracing::warn!(subject = %msg.subject, "undecodable event dropped");
-            continue;
-        };
-        if let Err(e) = io
-            .to(room.clone())
-            .emit(event.kind.as_str(), &event.socket_payload())
-            .await
-        {
-            tracing::debug!(error = %e, "emit to conversation room failed");
-        }
     }
 }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use allo_common::command::{Command, CommandEnvelope, CommandOutcome, CommandStatus};
+use allo_common::command::{CommandOutcome, CommandStatus};
 use allo_common::ids::CommandId;
-use allo_common::ops::{self, Operation, ParseContext};
-use async_nats::jetstream::message::PublishMessage;
+use allo_common::ingress;
+use allo_common::ops::{Operation, RequestError};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -47,19 +47,11 @@ pub async fn handler(
         None => CommandId::generate(),
     };
     tracing::Span::current().record("command_id", tracing::field::display(command_id));
-    let ctx = ParseContext {
-        caller: &caller,
-        command_id,
-        limits,
-    };
-    let command = ops::parse_request(&operation, &body, &ctx)?;
-    let envelope = CommandEnvelope {
-        command_id,
-        actor: caller.user.clone(),
-        roles: caller.roles.clone(),
-        at: chrono::Utc::now(),
-        command,
-    };
+    let op = Operation::parse(&operation)
+        .ok_or_else(|| RequestError::UnknownOperation(operation.clone()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let envelope = ingress::envelope(&caller, op, value, command_id, limits)?;
     // Subscribe before publishing so a fast worker's outcome cannot slip past us.
     let outcomes = match wait {
         Some(_) => Some(
@@ -71,8 +63,10 @@ pub async fn handler(
         ),
         None => None,
     };
-    publish(&state, &envelope).await?;
-    let accepted = accepted_body(&envelope.command, command_id);
+    ingress::publish(&state.js, &state.subjects, &envelope)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    let accepted = ingress::accepted_body(&envelope);
     if let (Some(wait), Some(mut outcomes)) = (wait, outcomes) {
         // A retried command that was applied long ago produces no new outcome message.
         let outcome = match command_get::stored_outcome(&state, command_id).await {
@@ -118,41 +112,6 @@ fn outcome_response(
             Ok((code, axum::Json(body)).into_response())
         }
     }
-}
-
-/// Publishes with `Nats-Msg-Id` = commandId and waits for the PubAck. NATS drops a repeat
-/// inside the duplicate window; a later repeat is dropped by the worker's `commands` key.
-async fn publish(state: &AppState, envelope: &CommandEnvelope) -> Result<(), ApiError> {
-    let subject = state
-        .subjects
-        .command(envelope.command.operation(), envelope.command_id);
-    let payload = serde_json::to_vec(envelope).map_err(|e| ApiError::Internal(e.into()))?;
-    let message = PublishMessage::build()
-        .message_id(envelope.command_id.to_string())
-        .payload(payload.into());
-    let ack = state
-        .js
-        .send_publish(subject, message)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("command not accepted: {e}")))?
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("command not accepted: {e}")))?;
-    tracing::debug!(
-        stream_seq = ack.sequence,
-        duplicate = ack.duplicate,
-        "command stored"
-    );
-    Ok(())
-}
-
-fn accepted_body(
-    command: &Command,
-    command_id: CommandId,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut body = command.assigned_ids();
-    body.insert("commandId".into(), command_id.to_string().into());
-    body.insert("status".into(), json!(CommandStatus::Accepted));
-    body
 }
 
 fn accepted_response(
