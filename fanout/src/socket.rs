@@ -250,10 +250,12 @@ async fn leave_conversation(
 }
 
 /// `typing {conversationID, typing}`: relayed to the conversation's sockets on every replica,
-/// never stored; at most one signal per socket per `typing_min_interval_ms`.
+/// never stored; at most one signal per socket per `typing_min_interval_ms` (the ack says
+/// `{relayed}`).
 async fn typing(
     socket: SocketRef,
     Data(payload): Data<Value>,
+    ack: AckSender,
     Extension(caller): Extension<Caller>,
     Extension(state): Extension<SocketState>,
     State(fanout): State<Arc<Fanout>>,
@@ -282,6 +284,8 @@ async fn typing(
         };
         let _ = fanout.feeds.send(conversation, command).await;
     }
+    // Optional for clients; says whether the signal went out or was rate-limited.
+    let _ = ack.send(&json!({"relayed": allowed}));
 }
 
 /// `presence {conversationID}`: who of the conversation is online now, on every replica

@@ -238,11 +238,22 @@ impl Stack {
     }
 
     fn spawn(&mut self, name: &str, bin: &Path, args: &[&str]) {
+        self.spawn_with_env(name, bin, args, &[]);
+    }
+
+    fn spawn_with_env(
+        &mut self,
+        name: &str,
+        bin: &Path,
+        args: &[&str],
+        extra: &[(String, String)],
+    ) {
         let log =
             std::fs::File::create(self.log_dir.join(format!("{name}.log"))).expect("log file");
         let child = Command::new(bin)
             .args(args)
             .envs(self.env.iter().cloned())
+            .envs(extra.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -280,6 +291,30 @@ impl Stack {
             "{name} did not provision JetStream; see {}",
             self.log_dir.display()
         );
+    }
+
+    /// Starts another fan-out replica on its own port; returns (process name, URL).
+    pub async fn start_fanout(&mut self) -> (String, String) {
+        let name = format!("fanout-{}", self.next_worker);
+        self.next_worker += 1;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let bin = binaries().join("allo-fanout");
+        self.spawn_with_env(
+            &name,
+            &bin,
+            &[],
+            &[("ALLO_FANOUT_ADDR".into(), addr.clone())],
+        );
+        let url = format!("http://{addr}");
+        self.wait_ready(&url).await;
+        (name, url)
+    }
+
+    /// A socket of `user` on the fan-out at `url`.
+    pub async fn socket_at(&self, url: &str, user: &str) -> SocketClient {
+        SocketClient::connect(url, &self.token(user))
+            .await
+            .expect("socket connects")
     }
 
     /// SIGKILL: the process gets no chance to ack, nak or clean up.
