@@ -122,6 +122,9 @@ pub struct FanoutSettings {
 pub struct WorkerSettings {
     /// Commands fetched per pull request.
     pub batch_size: usize,
+    /// Commands one process applies at once (each holds a database connection while it runs,
+    /// so keep it at or below `database_max_connections`).
+    pub concurrency: usize,
     /// How often the outbox relay looks for committed events that were never published.
     pub relay_interval_ms: u64,
     /// Age before the relay takes over an unpublished event (the worker normally publishes it).
@@ -175,6 +178,7 @@ impl Default for Settings {
             },
             worker: WorkerSettings {
                 batch_size: 64,
+                concurrency: 8,
                 relay_interval_ms: 1000,
                 relay_grace_ms: 2000,
                 scheduler_tick_ms: 250,

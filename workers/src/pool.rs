@@ -25,9 +25,6 @@ use crate::error::{ApplyError, is_transient};
 use crate::publish::Publisher;
 use crate::unit::Unit;
 
-/// Commands one process applies at once. Each holds a Postgres connection while it runs, so
-/// this stays below the pool size; commands of one conversation serialize on its row lock.
-const CONCURRENCY: usize = 8;
 /// Longest pause between retries while Postgres is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -144,7 +141,7 @@ impl Worker {
                         }
                     }
                 })
-                .buffer_unordered(CONCURRENCY)
+                .buffer_unordered(me.settings.worker.concurrency)
                 .for_each(|()| async {})
                 .await;
         }

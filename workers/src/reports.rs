@@ -10,7 +10,7 @@ use allo_common::ops::reports::{MODERATOR_ROLE, ReportMessage, Resolution, Resol
 use serde_json::json;
 
 use crate::error::ApplyError;
-use crate::messages::{message_json, participant_and_message, refuse_with, scrub_events};
+use crate::messages::{Erasure, erase, message_json, participant_and_message, refuse_with};
 use crate::unit::Unit;
 
 fn require_moderator(unit: &Unit<'_>) -> Result<(), ApplyError> {
@@ -145,20 +145,11 @@ pub async fn resolve(
             .bind(moderator.as_str())
             .execute(&mut *unit.tx)
             .await?;
-            let removed = sqlx::query(
-                "UPDATE messages SET body = NULL, attachments = '[]', signature = NULL, encryption_algorithm = NULL,
-                                     deleted_at = now(), deleted_by = $2, deleted_reason = 'removed', hidden_at = NULL,
-                                     pinned_at = NULL, pinned_by = NULL
-                 WHERE id = $1 AND deleted_at IS NULL",
-            )
-            .bind(message)
-            .bind(moderator.as_str())
-            .execute(&mut *unit.tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if removed {
-                scrub_events(unit, conversation, message).await?;
+            let how = Erasure::Deleted {
+                by: Some(moderator.as_str()),
+                reason: "removed",
+            };
+            if erase(unit, conversation, message, how).await?.is_some() {
                 let data =
                     json!({"messageId": message, "reason": "removed", "deletedBy": moderator});
                 unit.emit(conversation, EventType::MessageDeleted, data)

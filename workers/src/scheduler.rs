@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::Worker;
 use crate::error::ApplyError;
-use crate::messages::{message_send, refuse_with, require_participant, scrub_events};
+use crate::messages::{Erasure, erase, message_send, refuse_with, require_participant};
 use crate::unit::Unit;
 
 pub async fn schedule(
@@ -243,21 +243,18 @@ impl Scheduler {
                 }),
             };
             let mut unit = Unit::new(&mut tx, &envelope, &settings.limits);
-            let deleted_at: DateTime<Utc> = sqlx::query_scalar(
-                "UPDATE messages SET body = NULL, attachments = '[]', signature = NULL, encryption_algorithm = NULL,
-                                     deleted_at = now(), deleted_reason = 'expired', pinned_at = NULL, pinned_by = NULL
-                 WHERE id = $1 RETURNING deleted_at",
+            let erased = erase(
+                &mut unit,
+                *conversation,
+                *message,
+                Erasure::Deleted {
+                    by: None,
+                    reason: "expired",
+                },
             )
-            .bind(message)
-            .fetch_one(&mut *unit.tx)
-            .await?;
-            sqlx::query("DELETE FROM reactions WHERE message_id = $1")
-                .bind(message)
-                .execute(&mut *unit.tx)
-                .await?;
-            scrub_events(&mut unit, *conversation, *message)
-                .await
-                .map_err(into_sqlx)?;
+            .await
+            .map_err(into_sqlx)?;
+            let Some(deleted_at) = erased else { continue };
             let data = json!({"messageId": message, "reason": "expired", "deletedAt": deleted_at});
             unit.emit(*conversation, EventType::MessageDeleted, data)
                 .await?;

@@ -5,10 +5,10 @@
 use allo_common::error::ErrorCode;
 use allo_common::event::EventType;
 use allo_common::ops::message_ref::MessageRef;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use serde_json::json;
 
-use super::{participant_and_message, refuse, scrub_events};
+use super::{Erasure, erase, participant_and_message, refuse};
 use crate::error::ApplyError;
 use crate::unit::Unit;
 
@@ -27,20 +27,17 @@ pub async fn delete(unit: &mut Unit<'_>, c: &MessageRef) -> Result<serde_json::V
             "the message is already deleted",
         ));
     }
-    let deleted_at: DateTime<Utc> = sqlx::query_scalar(
-        "UPDATE messages SET body = NULL, attachments = '[]', signature = NULL, encryption_algorithm = NULL,
-                             deleted_at = now(), deleted_by = $2, pinned_at = NULL, pinned_by = NULL
-         WHERE id = $1 RETURNING deleted_at",
+    let deleted_at = erase(
+        unit,
+        c.conversation_id,
+        c.message_id,
+        Erasure::Deleted {
+            by: Some(actor.as_str()),
+            reason: "deleted",
+        },
     )
-    .bind(c.message_id)
-    .bind(actor.as_str())
-    .fetch_one(&mut *unit.tx)
-    .await?;
-    sqlx::query("DELETE FROM reactions WHERE message_id = $1")
-        .bind(c.message_id)
-        .execute(&mut *unit.tx)
-        .await?;
-    scrub_events(unit, c.conversation_id, c.message_id).await?;
+    .await?
+    .unwrap_or_else(Utc::now);
     let data = json!({"messageId": c.message_id, "deletedBy": actor, "deletedAt": deleted_at, "reason": "deleted"});
     let seq = unit
         .emit(c.conversation_id, EventType::MessageDeleted, data.clone())
@@ -73,19 +70,7 @@ pub async fn unsend(unit: &mut Unit<'_>, c: &MessageRef) -> Result<serde_json::V
             ),
         ));
     }
-    sqlx::query(
-        "UPDATE messages SET body = NULL, attachments = '[]', signature = NULL, encryption_algorithm = NULL,
-                             unsent_at = now(), pinned_at = NULL, pinned_by = NULL
-         WHERE id = $1",
-    )
-    .bind(c.message_id)
-    .execute(&mut *unit.tx)
-    .await?;
-    sqlx::query("DELETE FROM reactions WHERE message_id = $1")
-        .bind(c.message_id)
-        .execute(&mut *unit.tx)
-        .await?;
-    scrub_events(unit, c.conversation_id, c.message_id).await?;
+    erase(unit, c.conversation_id, c.message_id, Erasure::Unsent).await?;
     let seq = unit
         .emit(
             c.conversation_id,

@@ -213,9 +213,55 @@ pub(crate) async fn message_json(
     )
 }
 
+/// How a message's content goes away.
+pub(crate) enum Erasure<'a> {
+    /// A tombstone stays (id, seq, who and why).
+    Deleted {
+        by: Option<&'a str>,
+        reason: &'static str,
+    },
+    /// The message disappears for everyone.
+    Unsent,
+}
+
+/// Erases a message's content, reactions and pin, and scrubs it from the event log. Returns
+/// when, or `None` if it was already deleted (nothing changed).
+pub(crate) async fn erase(
+    unit: &mut Unit<'_>,
+    conversation: ConversationId,
+    message: MessageId,
+    how: Erasure<'_>,
+) -> Result<Option<DateTime<Utc>>, ApplyError> {
+    let (deleted, by, reason) = match how {
+        Erasure::Deleted { by, reason } => (true, by, Some(reason)),
+        Erasure::Unsent => (false, None, None),
+    };
+    let at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "UPDATE messages SET body = NULL, attachments = '[]', signature = NULL, encryption_algorithm = NULL,
+                             pinned_at = NULL, pinned_by = NULL, hidden_at = NULL,
+                             deleted_at = CASE WHEN $2 THEN now() END, deleted_by = $3, deleted_reason = $4,
+                             unsent_at = CASE WHEN $2 THEN unsent_at ELSE now() END
+         WHERE id = $1 AND deleted_at IS NULL RETURNING now()",
+    )
+    .bind(message)
+    .bind(deleted)
+    .bind(by)
+    .bind(reason)
+    .fetch_optional(&mut *unit.tx)
+    .await?;
+    if at.is_some() {
+        sqlx::query("DELETE FROM reactions WHERE message_id = $1")
+            .bind(message)
+            .execute(&mut *unit.tx)
+            .await?;
+        scrub_events(unit, conversation, message).await?;
+    }
+    Ok(at)
+}
+
 /// Removes a message's content from the event log, so replays and resumes do not bring back
 /// what was deleted or unsent. (Copies already on the event stream age out with its max age.)
-pub(crate) async fn scrub_events(
+async fn scrub_events(
     unit: &mut Unit<'_>,
     conversation: ConversationId,
     message: MessageId,
