@@ -7,6 +7,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `ALLO_TEST_NATS_URL` (default
 //! `nats://127.0.0.1:4222`); `scripts/test.sh` starts both when they do not answer.
 
+pub mod infra;
 mod socket;
 
 use std::collections::HashMap;
@@ -95,6 +96,10 @@ pub struct StackOptions {
     pub ack_wait_secs: u64,
     /// Extra `ALLO_*` variables for every process.
     pub env: Vec<(String, String)>,
+    /// Use this NATS instead of the shared one (a test's own server, to stop and restart).
+    pub nats_url: Option<String>,
+    /// Use this Postgres (admin URL) instead of the shared one.
+    pub admin_database_url: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -105,6 +110,8 @@ impl Default for StackOptions {
             fanout: true,
             ack_wait_secs: 30,
             env: Vec::new(),
+            nats_url: None,
+            admin_database_url: None,
         }
     }
 }
@@ -135,6 +142,7 @@ pub struct Stack {
     pub nats: async_nats::Client,
     pub http: reqwest::Client,
     db_name: String,
+    admin_url: String,
     keys: TokenKeys,
     children: HashMap<String, Child>,
     log_dir: PathBuf,
@@ -160,7 +168,11 @@ impl Stack {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("t{}", &id[..12]);
         let db_name = format!("allo_test_{}", &id[..16]);
-        let admin = PgPool::connect(&admin_database_url())
+        let admin_url = options
+            .admin_database_url
+            .clone()
+            .unwrap_or_else(admin_database_url);
+        let admin = PgPool::connect(&admin_url)
             .await
             .expect("admin connection to Postgres");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
@@ -170,8 +182,8 @@ impl Stack {
         admin.close().await;
 
         let settings = Settings {
-            database_url: with_database(&admin_database_url(), &db_name),
-            nats_url: nats_url(),
+            database_url: with_database(&admin_url, &db_name),
+            nats_url: options.nats_url.clone().unwrap_or_else(nats_url),
             jwt_secret: format!("test-secret-{id}"),
             api_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
             fanout_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
@@ -217,6 +229,7 @@ impl Stack {
             nats,
             http: reqwest::Client::new(),
             db_name,
+            admin_url,
             children: HashMap::new(),
             log_dir,
             env,
@@ -531,6 +544,7 @@ impl Drop for Stack {
             let _ = child.start_kill();
         }
         let db_name = self.db_name.clone();
+        let admin_url = self.admin_url.clone();
         let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
         let nats = self.nats.clone();
         let db = self.db.clone();
@@ -544,7 +558,7 @@ impl Drop for Stack {
             };
             rt.block_on(async move {
                 db.close().await;
-                if let Ok(admin) = PgPool::connect(&admin_database_url()).await {
+                if let Ok(admin) = PgPool::connect(&admin_url).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
                     )))
