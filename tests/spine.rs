@@ -892,3 +892,62 @@ async fn api_and_fanout_stop_cleanly_on_sigterm() {
     assert_eq!(closed.unwrap()["reason"], "io server disconnect");
     assert!(stack.terminate("api").await, "api did not exit cleanly");
 }
+
+/// A user's command budget is shared by every ingress process (here the API and a fan-out):
+/// past it, 429 with Retry-After over HTTP and a 429 ack over the socket; nothing published;
+/// other users are not affected.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_are_rate_limited_per_user_across_ingress_processes() {
+    let stack = Stack::start(StackOptions {
+        env: vec![
+            ("ALLO_LIMITS__RATE_MAX_PER_WINDOW".into(), "5".into()),
+            ("ALLO_LIMITS__RATE_WINDOW_SECS".into(), "3600".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await; // 1 of alice's 5
+    let send = |i: i32| json!({"conversationID": conv, "message": format!("n{i}")});
+    for i in 0..2 {
+        assert_eq!(
+            stack
+                .post(&stack.token("alice"), "sendMessage", send(i))
+                .await
+                .status,
+            202
+        );
+    }
+    let mut socket = stack.socket("alice").await;
+    for i in 2..4 {
+        assert!(socket.emit("sendMessage", send(i)).await["commandId"].is_string());
+    }
+    let limited = stack
+        .post(&stack.token("alice"), "sendMessage", send(9))
+        .await;
+    assert_eq!(limited.status, 429, "{:?}", limited.body);
+    assert_eq!(limited.content_type(), "application/problem+json");
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry));
+    let over_socket = socket.emit("sendMessage", send(10)).await;
+    assert_eq!(over_socket["error"]["status"], 429);
+    assert_eq!(
+        stack
+            .post(&stack.token("bob"), "sendMessage", send(11))
+            .await
+            .status,
+        202
+    );
+    stack
+        .wait_count("SELECT count(*) FROM messages", 5, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stack.count("SELECT count(*) FROM messages").await,
+        5,
+        "a limited command was applied"
+    );
+}

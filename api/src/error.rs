@@ -28,6 +28,9 @@ pub enum ApiError {
         message: String,
         command_id: Option<String>,
     },
+    /// The user's command budget for this window is spent (across all replicas).
+    #[error("rate limited")]
+    RateLimited { retry_after_secs: u64 },
     /// NATS or Postgres cannot take the request now; nothing was accepted.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -137,6 +140,13 @@ impl IntoResponse for ApiError {
                 message.clone(),
                 None,
             ),
+            Self::RateLimited { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+                format!("too many commands; retry in {retry_after_secs} s"),
+                None,
+            ),
             Self::Unavailable(m) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -182,6 +192,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::RateLimited { retry_after_secs } = &self
+            && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         if status == StatusCode::UNAUTHORIZED {
             response

@@ -100,6 +100,10 @@ pub struct Limits {
     pub report_details_max_chars: usize,
     /// Distinct reporters that hide a message pending review.
     pub reports_hide_threshold: i64,
+    /// Commands one user may submit per window, across every ingress replica (HTTP and
+    /// sockets together); past it: 429 with `Retry-After`.
+    pub rate_max_per_window: i64,
+    pub rate_window_secs: u64,
 }
 
 /// Fan-out tuning.
@@ -175,6 +179,8 @@ impl Default for Settings {
                 poll_option_max_chars: 100,
                 report_details_max_chars: 1000,
                 reports_hide_threshold: 3,
+                rate_max_per_window: 120,
+                rate_window_secs: 10,
             },
             worker: WorkerSettings {
                 batch_size: 64,

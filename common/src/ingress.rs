@@ -54,6 +54,50 @@ pub async fn publish(
     Ok(())
 }
 
+/// Whether a user may submit one more command now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// Over the limit; the current window ends in this many seconds.
+    Limited {
+        retry_after_secs: u64,
+    },
+}
+
+/// JetStream's error code for "maximum messages per subject exceeded".
+const PER_SUBJECT_LIMIT: jetstream::ErrorCode = jetstream::ErrorCode(10077);
+
+/// Counts one command against the user's budget for the current window, shared by every
+/// ingress replica through the rate stream.
+pub async fn admit(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    user: &crate::ids::UserId,
+    limits: &Limits,
+) -> Result<Admission, String> {
+    let window_secs = limits.rate_window_secs.max(1);
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let window = now / window_secs;
+    let ack = js
+        .publish(subjects.rate(user, window), bytes::Bytes::new())
+        .await
+        .map_err(|e| format!("rate check: {e}"))?
+        .await;
+    match ack {
+        Ok(_) => Ok(Admission::Allowed),
+        Err(e) if is_per_subject_limit(&e) => Ok(Admission::Limited {
+            retry_after_secs: (window + 1) * window_secs - now,
+        }),
+        Err(e) => Err(format!("rate check: {e}")),
+    }
+}
+
+fn is_per_subject_limit(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js| js.error_code() == PER_SUBJECT_LIMIT)
+}
+
 /// `{commandId, status: "accepted", ...assigned ids}`.
 pub fn accepted_body(envelope: &CommandEnvelope) -> serde_json::Map<String, serde_json::Value> {
     let mut body = envelope.command.assigned_ids();

@@ -69,6 +69,27 @@ pub fn event_stream_config(settings: &Settings, subjects: &Subjects) -> stream::
     }
 }
 
+/// The rate-limit stream: one subject per (user, window), at most `rate_max_per_window`
+/// messages each, new ones refused (`discard_new_per_subject`), in memory, gone after two
+/// windows. A refused publish is a request over the limit, on any replica.
+pub fn rate_stream_config(settings: &Settings, subjects: &Subjects) -> stream::Config {
+    let window = Duration::from_secs(settings.limits.rate_window_secs.max(1));
+    stream::Config {
+        name: subjects.rate_stream(),
+        description: Some("Allo per-user command rate counters".into()),
+        subjects: vec![subjects.all_rates()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::Memory,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        max_messages_per_subject: settings.limits.rate_max_per_window,
+        max_age: window * 2,
+        duplicate_window: window,
+        num_replicas: settings.jetstream.replicas,
+        ..Default::default()
+    }
+}
+
 /// A pool's durable pull consumer, shared by all its processes. `max_deliver` is one more than
 /// the configured deliveries: the extra delivery only dead-letters the command, so a command
 /// that crashes its worker every time still ends with a readable status.
@@ -124,6 +145,7 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> Result<(
     let subjects = Subjects::new(&settings.subject_prefix);
     ensure_stream(js, command_stream_config(settings, &subjects)).await?;
     ensure_stream(js, event_stream_config(settings, &subjects)).await?;
+    ensure_stream(js, rate_stream_config(settings, &subjects)).await?;
     let stream = js
         .get_stream(subjects.command_stream())
         .await

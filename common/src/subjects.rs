@@ -44,6 +44,20 @@ impl Subjects {
         format!("{}_CMD", self.stream_base())
     }
 
+    /// `<PREFIX>_RATE`: per-user command counters (one subject per user and window).
+    pub fn rate_stream(&self) -> String {
+        format!("{}_RATE", self.stream_base())
+    }
+
+    /// `<prefix>.rate.<base64url(userID)>.<window>`
+    pub fn rate(&self, user: &UserId, window: u64) -> String {
+        format!("{}.rate.{}.{}", self.prefix, user.subject_token(), window)
+    }
+
+    pub fn all_rates(&self) -> String {
+        format!("{}.rate.>", self.prefix)
+    }
+
     /// `<PREFIX>_EVT`: the limits-retention stream of events.
     pub fn event_stream(&self) -> String {
         format!("{}_EVT", self.stream_base())

@@ -113,6 +113,13 @@ async fn submit(fanout: &Fanout, caller: &Caller, op: Operation, body: Value) ->
         Ok(envelope) => envelope,
         Err(e) => return problem(&e),
     };
+    match ingress::admit(&fanout.js, &fanout.subjects, &caller.user, limits).await {
+        Ok(ingress::Admission::Allowed) => {}
+        Ok(ingress::Admission::Limited { retry_after_secs }) => {
+            return json!({"error": {"status": 429, "code": "rate_limited", "retryAfter": retry_after_secs}});
+        }
+        Err(e) => return json!({"error": {"status": 503, "code": "unavailable", "detail": e}}),
+    }
     match ingress::publish(&fanout.js, &fanout.subjects, &envelope).await {
         Ok(()) => Value::Object(ingress::accepted_body(&envelope)),
         Err(e) => json!({"error": {"status": 503, "code": "unavailable", "detail": e}}),

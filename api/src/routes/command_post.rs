@@ -63,6 +63,13 @@ pub async fn handler(
         ),
         None => None,
     };
+    match ingress::admit(&state.js, &state.subjects, &caller.user, limits).await {
+        Ok(ingress::Admission::Allowed) => {}
+        Ok(ingress::Admission::Limited { retry_after_secs }) => {
+            return Err(ApiError::RateLimited { retry_after_secs });
+        }
+        Err(e) => return Err(ApiError::Unavailable(e)),
+    }
     ingress::publish(&state.js, &state.subjects, &envelope)
         .await
         .map_err(ApiError::Unavailable)?;
