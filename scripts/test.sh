@@ -15,7 +15,7 @@ ensure_postgres "$ALLO_TEST_DATABASE_URL"
 ensure_node
 (cd tests/js && npm ci --no-audit --no-fund --silent)
 
-cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt clippy
+{ cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 || rustup component add rustfmt clippy
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

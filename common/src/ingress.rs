@@ -6,7 +6,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 
 use crate::auth::Caller;
 use crate::command::{CommandEnvelope, CommandStatus};
-use crate::config::Limits;
+use crate::config::{Limits, Settings};
 use crate::ids::CommandId;
 use crate::ops::{self, Operation, ParseContext, RequestError};
 use crate::subjects::Subjects;
@@ -68,28 +68,43 @@ pub enum Admission {
 const PER_SUBJECT_LIMIT: jetstream::ErrorCode = jetstream::ErrorCode(10077);
 
 /// Counts one command against the user's budget for the current window, shared by every
-/// ingress replica through the rate stream.
+/// ingress replica through the rate stream. Recreates the stream if it is gone (a NATS that lost
+/// its store), so ingress heals itself instead of refusing forever.
 pub async fn admit(
     js: &jetstream::Context,
     subjects: &Subjects,
     user: &crate::ids::UserId,
-    limits: &Limits,
+    settings: &Settings,
 ) -> Result<Admission, String> {
-    let window_secs = limits.rate_window_secs.max(1);
+    let window_secs = settings.limits.rate_window_secs.max(1);
     let now = chrono::Utc::now().timestamp().max(0) as u64;
     let window = now / window_secs;
-    let ack = js
-        .publish(subjects.rate(user, window), bytes::Bytes::new())
-        .await
-        .map_err(|e| format!("rate check: {e}"))?
-        .await;
-    match ack {
-        Ok(_) => Ok(Admission::Allowed),
-        Err(e) if is_per_subject_limit(&e) => Ok(Admission::Limited {
-            retry_after_secs: (window + 1) * window_secs - now,
-        }),
-        Err(e) => Err(format!("rate check: {e}")),
+    for attempt in 0..2 {
+        let ack = js
+            .publish(subjects.rate(user, window), bytes::Bytes::new())
+            .await
+            .map_err(|e| format!("rate check: {e}"))?
+            .await;
+        match ack {
+            Ok(_) => return Ok(Admission::Allowed),
+            Err(e) if is_per_subject_limit(&e) => {
+                return Ok(Admission::Limited {
+                    retry_after_secs: (window + 1) * window_secs - now,
+                });
+            }
+            Err(e)
+                if attempt == 0
+                    && e.kind() == jetstream::context::PublishErrorKind::StreamNotFound =>
+            {
+                let config = crate::jetstream::rate_stream_config(settings, subjects);
+                js.create_stream(config)
+                    .await
+                    .map_err(|e| format!("rate stream: {e}"))?;
+            }
+            Err(e) => return Err(format!("rate check: {e}")),
+        }
     }
+    Err("rate check: the rate stream is unavailable".into())
 }
 
 fn is_per_subject_limit(e: &jetstream::context::PublishError) -> bool {

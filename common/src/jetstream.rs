@@ -70,8 +70,9 @@ pub fn event_stream_config(settings: &Settings, subjects: &Subjects) -> stream::
 }
 
 /// The rate-limit stream: one subject per (user, window), at most `rate_max_per_window`
-/// messages each, new ones refused (`discard_new_per_subject`), in memory, gone after two
-/// windows. A refused publish is a request over the limit, on any replica.
+/// messages each, new ones refused (`discard_new_per_subject`), gone after two windows. A
+/// refused publish is a request over the limit, on any replica. File storage, so budgets and
+/// the stream itself survive a NATS restart.
 pub fn rate_stream_config(settings: &Settings, subjects: &Subjects) -> stream::Config {
     let window = Duration::from_secs(settings.limits.rate_window_secs.max(1));
     stream::Config {
@@ -79,7 +80,7 @@ pub fn rate_stream_config(settings: &Settings, subjects: &Subjects) -> stream::C
         description: Some("Allo per-user command rate counters".into()),
         subjects: vec![subjects.all_rates()],
         retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::Memory,
+        storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::New,
         discard_new_per_subject: true,
         max_messages_per_subject: settings.limits.rate_max_per_window,

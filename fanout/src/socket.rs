@@ -113,7 +113,7 @@ async fn submit(fanout: &Fanout, caller: &Caller, op: Operation, body: Value) ->
         Ok(envelope) => envelope,
         Err(e) => return problem(&e),
     };
-    match ingress::admit(&fanout.js, &fanout.subjects, &caller.user, limits).await {
+    match ingress::admit(&fanout.js, &fanout.subjects, &caller.user, &fanout.settings).await {
         Ok(ingress::Admission::Allowed) => {}
         Ok(ingress::Admission::Limited { retry_after_secs }) => {
             return json!({"error": {"status": 429, "code": "rate_limited", "retryAfter": retry_after_secs}});

@@ -63,7 +63,7 @@ pub async fn handler(
         ),
         None => None,
     };
-    match ingress::admit(&state.js, &state.subjects, &caller.user, limits).await {
+    match ingress::admit(&state.js, &state.subjects, &caller.user, &state.settings).await {
         Ok(ingress::Admission::Allowed) => {}
         Ok(ingress::Admission::Limited { retry_after_secs }) => {
             return Err(ApiError::RateLimited { retry_after_secs });
