@@ -951,3 +951,54 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
         "a limited command was applied"
     );
 }
+
+/// `/metrics` (Prometheus) on the API and the fan-out, and on a worker that was given an
+/// address, count what happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_happened() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stack = Stack::start(StackOptions {
+        env: vec![(
+            "ALLO_WORKER__METRICS_ADDR".into(),
+            format!("127.0.0.1:{port}"),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    let mut bob = stack.socket("bob").await;
+    bob.join(&conv).await;
+    stack
+        .act(
+            "alice",
+            "sendMessage",
+            json!({"conversationID": conv, "message": "counted"}),
+        )
+        .await;
+    bob.next_named("message", EVENT_WAIT)
+        .await
+        .expect("delivered");
+    let text = |url: String| {
+        let http = stack.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let api = text(format!("{}/metrics", stack.api_url)).await;
+    assert!(
+        api.contains("allo_commands_accepted_total{operation=\"sendMessage\"} 1"),
+        "{api}"
+    );
+    let worker = text(format!("http://127.0.0.1:{port}/metrics")).await;
+    assert!(
+        worker.contains(
+            "allo_commands_applied_total{operation=\"sendMessage\",outcome=\"committed\"} 1"
+        ),
+        "{worker}"
+    );
+    let fanout = text(format!("{}/metrics", stack.fanout_url)).await;
+    assert!(fanout.contains("allo_events_delivered_total 1"), "{fanout}");
+    assert!(fanout.contains("allo_sockets_connected 1"), "{fanout}");
+}

@@ -166,6 +166,7 @@ impl IntoResponse for ApiError {
                 )
             }
         };
+        metrics::counter!("allo_http_refusals_total", "code" => code).increment(1);
         let mut body = json!({
             "type": format!("https://allo.chat/problems/{code}"),
             "title": title,

@@ -87,6 +87,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = settings.api_addr;
+    allo_common::telemetry::metrics();
     let state = AppState::connect(settings).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -137,6 +137,9 @@ pub struct WorkerSettings {
     pub scheduler_tick_ms: u64,
     /// Rows one scheduler round takes (each round is one transaction).
     pub scheduler_batch: i64,
+    /// Where a worker process serves `/metrics`; none by default (workers bind no port unless
+    /// asked, so several run on one host).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -189,6 +192,7 @@ impl Default for Settings {
                 relay_grace_ms: 2000,
                 scheduler_tick_ms: 250,
                 scheduler_batch: 50,
+                metrics_addr: None,
             },
             fanout: FanoutSettings {
                 reorder_window_ms: 150,

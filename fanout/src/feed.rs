@@ -168,6 +168,7 @@ impl Feed {
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<FeedCommand>, registry: Registry) {
+        metrics::gauge!("allo_feeds_active").increment(1.0);
         let far = || Instant::now() + Duration::from_secs(3600);
         loop {
             let deadline = match (self.gap_deadline, self.tail_check) {
@@ -198,6 +199,7 @@ impl Feed {
                 }
             }
         }
+        metrics::gauge!("allo_feeds_active").decrement(1.0);
     }
 
     async fn on_event(&mut self, event: EventEnvelope) {
@@ -270,6 +272,7 @@ impl Feed {
             let full = page.len() as i64 == LOG_PAGE;
             for event in page {
                 if event.seq == self.delivered + 1 {
+                    metrics::counter!("allo_gap_fills_total").increment(1);
                     self.pending.remove(&event.seq);
                     self.deliver(&event);
                 }
@@ -295,8 +298,10 @@ impl Feed {
             if member.floor >= event.seq {
                 continue;
             }
+            metrics::counter!("allo_events_delivered_total").increment(1);
             if let Err(e) = member.socket.emit(event.kind.as_str(), &payload) {
                 tracing::info!(sid = %sid, error = %e, "slow or closed socket disconnected");
+                metrics::counter!("allo_slow_consumers_total").increment(1);
                 gone.push(*sid);
             }
         }
@@ -402,6 +407,7 @@ impl Feed {
                     return Ok(sent);
                 }
                 sent += 1;
+                metrics::counter!("allo_events_replayed_total").increment(1);
             }
         }
         Ok(sent)

@@ -32,6 +32,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = settings.fanout_addr;
+    allo_common::telemetry::metrics();
     let db = allo_common::db::connect_lazy(&settings).context("database URL")?;
     let nats = allo_common::jetstream::connect(&settings, "allo-fanout")
         .await
@@ -54,6 +55,10 @@ pub async fn serve(
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|| async { allo_common::telemetry::metrics().render() }),
+        )
         .with_state(fanout)
         .layer(layer);
     let listener = tokio::net::TcpListener::bind(addr)

@@ -84,6 +84,7 @@ pub async fn authenticate(
 
 pub async fn on_connect(socket: SocketRef, Extension(caller): Extension<Caller>) {
     tracing::debug!(sid = %socket.id, user = %caller.user, "socket connected");
+    metrics::gauge!("allo_sockets_connected").increment(1.0);
     socket.join(user_room(&caller.user));
     if caller.has_role(MODERATOR_ROLE) {
         socket.join(MODERATORS_ROOM);
@@ -343,6 +344,7 @@ async fn on_disconnect(
     State(fanout): State<Arc<Fanout>>,
 ) {
     tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
+    metrics::gauge!("allo_sockets_connected").decrement(1.0);
     let joined: Vec<ConversationId> = state
         .joined
         .lock()

@@ -74,6 +74,17 @@ pub async fn run(
     let js = async_nats::jetstream::new(nats.clone());
     allo_common::jetstream::provision(&js, &settings).await?;
 
+    let metrics = allo_common::telemetry::metrics();
+    if let Some(addr) = settings.worker.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || async move { metrics.render() }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     let worker = Worker::new(settings.clone(), db.clone(), nats.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for pool in pools.iter().copied() {

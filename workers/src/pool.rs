@@ -168,6 +168,7 @@ impl Worker {
             return;
         }
         let mut backoff = Duration::from_millis(100);
+        let started = std::time::Instant::now();
         let applied = loop {
             match self.apply(&envelope).await {
                 Ok(applied) => break applied,
@@ -186,6 +187,16 @@ impl Worker {
                 }
             }
         };
+        let outcome = match &applied {
+            Applied::Committed { .. } => "committed",
+            Applied::Rejected { .. } => "rejected",
+            Applied::Duplicate { .. } => "duplicate",
+        };
+        let op = envelope.command.operation().as_str();
+        metrics::counter!("allo_commands_applied_total", "operation" => op, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("allo_command_apply_seconds", "operation" => op)
+            .record(started.elapsed().as_secs_f64());
         self.announce(&envelope, &applied).await;
         if let Err(e) = msg.ack().await {
             tracing::warn!(error = %e, command_id = %envelope.command_id, "ack failed; redelivery will be a no-op");
@@ -349,6 +360,7 @@ impl Worker {
             })
             .unwrap_or_else(CommandId::generate);
         tracing::error!(%command_id, delivered, why, "dead-lettering command");
+        metrics::counter!("allo_dead_letters_total").increment(1);
         let result = async {
             let mut tx = me.db.begin().await?;
             sqlx::query(

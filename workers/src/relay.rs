@@ -52,7 +52,10 @@ impl Relay {
         loop {
             match self.relay_once().await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(events = n, "relayed unpublished events"),
+                Ok(n) => {
+                    metrics::counter!("allo_events_relayed_total").increment(n as u64);
+                    tracing::info!(events = n, "relayed unpublished events");
+                }
                 Err(e) => tracing::warn!(error = %e, "relay round failed; will retry"),
             }
             tokio::select! {

@@ -201,6 +201,7 @@ impl Scheduler {
             }
         }
         tx.commit().await?;
+        metrics::counter!("allo_scheduled_settled_total").increment(due.len() as u64);
         self.worker.publish_events(&events).await;
         for (author, id, reason) in rejections {
             let notice = UserNotice {
@@ -261,6 +262,7 @@ impl Scheduler {
             events.extend(std::mem::take(&mut unit.events));
         }
         tx.commit().await?;
+        metrics::counter!("allo_ephemeral_swept_total").increment(expired.len() as u64);
         self.worker.publish_events(&events).await;
         Ok(expired.len())
     }

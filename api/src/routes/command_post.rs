@@ -73,6 +73,7 @@ pub async fn handler(
     ingress::publish(&state.js, &state.subjects, &envelope)
         .await
         .map_err(ApiError::Unavailable)?;
+    metrics::counter!("allo_commands_accepted_total", "operation" => op.as_str()).increment(1);
     let accepted = ingress::accepted_body(&envelope);
     if let (Some(wait), Some(mut outcomes)) = (wait, outcomes) {
         // A retried command that was applied long ago produces no new outcome message.

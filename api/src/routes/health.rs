@@ -12,6 +12,11 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Prometheus text format.
+pub async fn metrics() -> String {
+    allo_common::telemetry::metrics().render()
+}
+
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let nats = state.nats.connection_state() == NatsState::Connected;
     let postgres = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();

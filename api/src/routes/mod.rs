@@ -46,6 +46,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/scheduled", get(scheduled_list::handler))
         .route("/api/moderation/reports", get(report_list::handler))
+        .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
 }
