@@ -124,10 +124,10 @@ pub struct FanoutSettings {
 /// Worker pool tuning.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerSettings {
-    /// Commands fetched per pull request.
+    /// Commands fetched per pull request, and the most applied in one transaction.
     pub batch_size: usize,
-    /// Commands one process applies at once (each holds a database connection while it runs,
-    /// so keep it at or below `database_max_connections`).
+    /// Batches one process applies at once (each batch is one transaction holding one database
+    /// connection, so keep it at or below `database_max_connections`).
     pub concurrency: usize,
     /// How often the outbox relay looks for committed events that were never published.
     pub relay_interval_ms: u64,

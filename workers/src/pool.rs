@@ -1,7 +1,8 @@
 //! The pull loop a pool's processes share.
 //!
-//! Per command: decode → (dead-letter if it has used up its deliveries) → apply in one
-//! transaction → publish its events → publish its outcome → ack. Acking after the publish is
+//! Per batch (whatever has arrived, up to `batch_size`): decode → (dead-letter what has used up
+//! its deliveries) → apply all in one transaction, a savepoint each → publish events → publish
+//! outcomes → ack each. Acking after the publish is
 //! safe either way: an unpublished committed event is the relay's job, and a redelivered
 //! command finds its `commands` row and has no second effect.
 
@@ -131,13 +132,22 @@ impl Worker {
             let mut stop = shutdown.clone();
             messages
                 .take_until(async move { stop.wait_for(|s| *s).await.map(|_| ()).unwrap_or(()) })
-                .map(|msg| {
+                .filter_map(|msg| async move {
+                    msg.inspect_err(|e| tracing::warn!(error = %e, "pull stream error"))
+                        .ok()
+                })
+                // Whatever has arrived, up to a batch: one transaction under load, one command
+                // at a time when idle.
+                .ready_chunks(me.settings.worker.batch_size)
+                .map(|batch| {
                     let stopping = *shutdown.borrow();
                     async move {
-                        match msg {
-                            Ok(msg) if stopping => hand_back(&msg).await,
-                            Ok(msg) => self.handle(msg).await,
-                            Err(e) => tracing::warn!(error = %e, "pull stream error"),
+                        if stopping {
+                            for msg in &batch {
+                                hand_back(msg).await;
+                            }
+                        } else {
+                            self.handle_batch(batch).await;
                         }
                     }
                 })
@@ -149,57 +159,76 @@ impl Worker {
         Ok(())
     }
 
-    #[tracing::instrument(skip_all, fields(subject = %msg.subject))]
-    async fn handle(&self, msg: jetstream::Message) {
+    /// Applies a batch of deliveries in one transaction (a savepoint per command, so one
+    /// refused or failing command does not sink the others), in conversation order so that
+    /// concurrent batches take conversation locks in the same order, then announces and acks
+    /// each. Postgres unreachable: keep every command (progress acks) and retry the batch.
+    async fn handle_batch(&self, batch: Vec<jetstream::Message>) {
         let me = &self.inner;
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-        let envelope: CommandEnvelope = match serde_json::from_slice(&msg.payload) {
-            Ok(e) => e,
-            Err(e) => {
-                self.dead_letter(&msg, None, delivered, &format!("undecodable command: {e}"))
+        let mut work = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+            let envelope: CommandEnvelope = match serde_json::from_slice(&msg.payload) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.dead_letter(&msg, None, delivered, &format!("undecodable command: {e}"))
+                        .await;
+                    continue;
+                }
+            };
+            if delivered > me.settings.jetstream.max_deliver {
+                let why = format!("failed on {} deliveries", delivered - 1);
+                self.dead_letter(&msg, Some(&envelope), delivered, &why)
                     .await;
-                return;
+                continue;
             }
-        };
-        if delivered > me.settings.jetstream.max_deliver {
-            let why = format!("failed on {} deliveries", delivered - 1);
-            self.dead_letter(&msg, Some(&envelope), delivered, &why)
-                .await;
+            work.push((msg, envelope, delivered));
+        }
+        if work.is_empty() {
             return;
         }
+        work.sort_by_key(|(_, envelope, _)| envelope.command.conversation_id());
+        let envelopes: Vec<&CommandEnvelope> = work.iter().map(|(_, e, _)| e).collect();
         let mut backoff = Duration::from_millis(100);
         let started = std::time::Instant::now();
-        let applied = loop {
-            match self.apply(&envelope).await {
-                Ok(applied) => break applied,
-                Err(e) if is_transient(&e) => {
-                    // Postgres is away: keep the command (no delivery is used up) and wait.
-                    tracing::warn!(error = %e, command_id = %envelope.command_id, "database unavailable; retrying");
-                    let _ = msg.ack_with(AckKind::Progress).await;
+        let results = loop {
+            match self.apply_batch(&envelopes).await {
+                Ok(results) => break results,
+                Err(e) => {
+                    // Postgres is away (or a deadlock): keep the commands, no delivery used up.
+                    tracing::warn!(error = %e, commands = work.len(), "batch not applied; retrying");
+                    for (msg, _, _) in &work {
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, command_id = %envelope.command_id, delivered, "command failed; will be redelivered");
-                    let delay = Duration::from_secs(1 << delivered.clamp(0, 5));
-                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                    return;
-                }
             }
         };
-        let outcome = match &applied {
-            Applied::Committed { .. } => "committed",
-            Applied::Rejected { .. } => "rejected",
-            Applied::Duplicate { .. } => "duplicate",
-        };
-        let op = envelope.command.operation().as_str();
-        metrics::counter!("allo_commands_applied_total", "operation" => op, "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("allo_command_apply_seconds", "operation" => op)
-            .record(started.elapsed().as_secs_f64());
-        self.announce(&envelope, &applied).await;
-        if let Err(e) = msg.ack().await {
-            tracing::warn!(error = %e, command_id = %envelope.command_id, "ack failed; redelivery will be a no-op");
+        let elapsed = started.elapsed().as_secs_f64();
+        for ((msg, envelope, delivered), result) in work.iter().zip(results) {
+            let op = envelope.command.operation().as_str();
+            let applied = match result {
+                Ok(applied) => applied,
+                Err(e) => {
+                    tracing::error!(error = %e, command_id = %envelope.command_id, delivered, "command failed; will be redelivered");
+                    let delay = Duration::from_secs(1 << (*delivered).clamp(0, 5));
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                    continue;
+                }
+            };
+            let outcome = match &applied {
+                Applied::Committed { .. } => "committed",
+                Applied::Rejected { .. } => "rejected",
+                Applied::Duplicate { .. } => "duplicate",
+            };
+            metrics::counter!("allo_commands_applied_total", "operation" => op, "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("allo_command_apply_seconds", "operation" => op).record(elapsed);
+            self.announce(envelope, &applied).await;
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, command_id = %envelope.command_id, "ack failed; redelivery will be a no-op");
+            }
         }
     }
 
@@ -274,12 +303,52 @@ impl Worker {
         &self.inner.settings
     }
 
-    /// Applies one command in one transaction: its `commands` row (the exactly-once key), its
-    /// domain change and its events; or, if the handler refuses, only the rejection.
+    /// Applies one command in its own transaction (tests use it to commit without acking).
     pub async fn apply(&self, envelope: &CommandEnvelope) -> Result<Applied, sqlx::Error> {
+        let mut results = self.apply_batch(&[envelope]).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(sqlx::Error::Protocol("empty batch".into())))
+    }
+
+    /// Applies commands in one transaction. `Err` means nothing was committed and the whole
+    /// batch should be retried (connection trouble, deadlock); a command that fails on its own
+    /// is rolled back to its savepoint and reported in its slot.
+    pub async fn apply_batch(
+        &self,
+        envelopes: &[&CommandEnvelope],
+    ) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
+        let mut tx = self.inner.db.begin().await?;
+        let mut results = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            match self.apply_in(&mut tx, envelope).await {
+                Ok(applied) => results.push(Ok(applied)),
+                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT command")
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("RELEASE SAVEPOINT command")
+                        .execute(&mut *tx)
+                        .await?;
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// One command inside the batch's transaction: its `commands` row (the exactly-once key),
+    /// its change and its events; or, if the handler refuses, only the rejection.
+    async fn apply_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        envelope: &CommandEnvelope,
+    ) -> Result<Applied, sqlx::Error> {
         let me = &self.inner;
         let op = envelope.command.operation().as_str();
-        let mut tx = me.db.begin().await?;
+        sqlx::query("SAVEPOINT command").execute(&mut *tx).await?;
         let fresh = sqlx::query(
             "INSERT INTO commands (id, actor_id, operation, status, accepted_at) VALUES ($1, $2, $3, 'committed', $4)
              ON CONFLICT (id) DO NOTHING",
@@ -293,7 +362,9 @@ impl Worker {
         .rows_affected()
             == 1;
         if !fresh {
-            tx.rollback().await?;
+            sqlx::query("RELEASE SAVEPOINT command")
+                .execute(&mut *tx)
+                .await?;
             let outcome = load_outcome(&me.db, envelope.command_id).await?;
             return Ok(Applied::Duplicate {
                 outcome: outcome
@@ -302,24 +373,23 @@ impl Worker {
             });
         }
         sqlx::query("SAVEPOINT apply").execute(&mut *tx).await?;
-        let mut unit = Unit::new(&mut tx, envelope, &me.settings.limits);
+        let mut unit = Unit::new(&mut *tx, envelope, &me.settings.limits);
         let result = crate::apply(&mut unit, &envelope.command).await;
         let events = std::mem::take(&mut unit.events);
         let notices = std::mem::take(&mut unit.moderator_notices);
-        match result {
+        let applied = match result {
             Ok(result) => {
                 sqlx::query("UPDATE commands SET result = $2 WHERE id = $1")
                     .bind(envelope.command_id)
                     .bind(&result)
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await?;
                 let outcome = outcome_of(envelope, CommandStatus::Committed, None, Some(result));
-                Ok(Applied::Committed {
+                Applied::Committed {
                     events,
                     notices,
                     outcome,
-                })
+                }
             }
             Err(ApplyError::Rejected(reason)) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT apply")
@@ -331,13 +401,16 @@ impl Worker {
                     .bind(&reason.message)
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await?;
-                Ok(Applied::Rejected {
+                Applied::Rejected {
                     outcome: outcome_of(envelope, CommandStatus::Rejected, Some(reason), None),
-                })
+                }
             }
-            Err(ApplyError::Db(e)) => Err(e),
-        }
+            Err(ApplyError::Db(e)) => return Err(e),
+        };
+        sqlx::query("RELEASE SAVEPOINT command")
+            .execute(&mut *tx)
+            .await?;
+        Ok(applied)
     }
 
     /// Sets a command aside after its last delivery (or at once if it cannot be decoded),
