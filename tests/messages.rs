@@ -5,15 +5,8 @@
 
 use std::time::Duration;
 
-use allo_e2e::{Stack, StackOptions};
+use allo_e2e::{Stack, StackOptions, id};
 use serde_json::{Value, json};
-
-fn id(v: &Value, key: &str) -> String {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {key} in {v}"))
-        .to_string()
-}
 
 /// Bad input for every operation: problem+json naming the field, nothing published or stored.
 #[tokio::test(flavor = "multi_thread")]

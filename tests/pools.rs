@@ -6,16 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use allo_e2e::{Stack, StackOptions};
+use allo_e2e::{Stack, StackOptions, id};
 use futures::StreamExt;
 use serde_json::{Value, json};
-
-fn id(v: &Value, key: &str) -> String {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {key} in {v}"))
-        .to_string()
-}
 
 /// 200 users cast 1,000 votes (each moves their vote four times) all at once, through two
 /// polls processes: one vote per user, tallies equal to the vote rows, and the event stream of

@@ -35,6 +35,14 @@ pub fn nats_url() -> String {
     std::env::var("ALLO_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// A string field of a JSON reply (an id), or a failed test naming what was missing.
+pub fn id(v: &Value, key: &str) -> String {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+        .to_string()
+}
+
 /// The workspace root (where `target/` and `tests/js` are).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
