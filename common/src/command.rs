@@ -232,7 +232,7 @@ struct CommandRow {
 /// The recorded outcome of an applied command and who sent it; `None` while it is still
 /// pending (or never existed).
 pub async fn load_outcome(
-    db: &sqlx::PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     id: CommandId,
 ) -> Result<Option<(UserId, CommandOutcome)>, sqlx::Error> {
     let row: Option<CommandRow> = sqlx::query_as(

@@ -242,6 +242,15 @@ impl Settings {
             ));
         }
         crate::subjects::validate_prefix(&self.subject_prefix).map_err(ConfigError::Invalid)?;
+        if self.worker.concurrency == 0
+            || self.worker.concurrency + 2 > self.database_max_connections as usize
+        {
+            return Err(ConfigError::Invalid(
+                "worker.concurrency must be at least 1 and leave 2 of database_max_connections \
+                 for the relay and the scheduler"
+                    .into(),
+            ));
+        }
         if self.jetstream.max_deliver < 1 || self.worker.batch_size == 0 {
             return Err(ConfigError::Invalid(
                 "jetstream.max_deliver and worker.batch_size must be positive".into(),

@@ -218,6 +218,7 @@ impl Stack {
             ("ALLO_SUBJECT_PREFIX".into(), prefix.clone()),
             ("ALLO_MIGRATE_ON_START".into(), "false".into()),
             ("ALLO_DATABASE_MAX_CONNECTIONS".into(), "8".into()),
+            ("ALLO_WORKER__CONCURRENCY".into(), "4".into()),
             (
                 "ALLO_JETSTREAM__ACK_WAIT_SECS".into(),
                 options.ack_wait_secs.to_string(),

@@ -365,7 +365,8 @@ impl Worker {
             sqlx::query("RELEASE SAVEPOINT command")
                 .execute(&mut *tx)
                 .await?;
-            let outcome = load_outcome(&me.db, envelope.command_id).await?;
+            // Same transaction: no second connection while the batch holds one.
+            let outcome = load_outcome(&mut *tx, envelope.command_id).await?;
             return Ok(Applied::Duplicate {
                 outcome: outcome
                     .map(|(_, outcome)| outcome)
