@@ -8,7 +8,7 @@ use std::time::Duration;
 use allo_common::command::CommandEnvelope;
 use allo_e2e::{SocketClient, Stack, StackOptions};
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const EVENT_WAIT: Duration = Duration::from_secs(10);
 
@@ -779,7 +779,6 @@ async fn jetstream_is_provisioned_per_prefix_and_idempotently() {
         stack.terminate("worker-0").await,
         "worker did not exit cleanly on SIGTERM"
     );
-    let _: Value = Value::Null;
 }
 
 /// A command that fails on every delivery (here: its worker "crashes" twice) is set aside on
@@ -956,11 +955,7 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
 /// address, count what happened.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_what_happened() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = allo_e2e::free_port();
     let stack = Stack::start(StackOptions {
         env: vec![(
             "ALLO_WORKER__METRICS_ADDR".into(),

@@ -96,6 +96,6 @@ async fn readyz(State(fanout): State<Arc<Fanout>>) -> (StatusCode, axum::Json<Va
     };
     (
         status,
-        axum::Json(json!({"nats": nats, "postgres": postgres})),
+        axum::Json(json!({"nats": nats, "postgres": postgres, "prefix": fanout.subjects.prefix()})),
     )
 }

@@ -6,12 +6,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use crate::free_port;
 
 async fn wait_port(port: u16, up: bool) {
     for _ in 0..200 {

@@ -158,11 +158,16 @@ pub struct Stack {
     next_worker: usize,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A port that is free now, picked at random below Linux's ephemeral range (32768+): a port
+/// the kernel hands out could be taken by any outgoing connection, or by another test's
+/// server, before our process binds it.
+pub fn free_port() -> u16 {
+    loop {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn with_database(url: &str, db: &str) -> String {
@@ -362,8 +367,14 @@ impl Stack {
 
     async fn wait_ready(&self, base: &str) {
         for _ in 0..300 {
+            // Ready, and ours: another test's server could hold the port if ours failed to bind.
             if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
                 && r.status().is_success()
+                && r.json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|b| b["prefix"].as_str().map(String::from))
+                    == Some(self.settings.subject_prefix.clone())
             {
                 return;
             }

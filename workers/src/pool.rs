@@ -194,6 +194,17 @@ impl Worker {
         let results = loop {
             match self.apply_batch(&envelopes).await {
                 Ok(results) => break results,
+                Err(e) if !is_transient(&e) && envelopes.len() > 1 => {
+                    // Not the database being away: settle the commands one by one, so one
+                    // bad command cannot hold the batch in an endless retry.
+                    tracing::warn!(error = %e, commands = work.len(), "batch failed; applying one by one");
+                    let mut results = Vec::with_capacity(envelopes.len());
+                    for envelope in &envelopes {
+                        results.push(self.apply(envelope).await);
+                    }
+                    break results;
+                }
+                Err(e) if !is_transient(&e) => break vec![Err(e)],
                 Err(e) => {
                     // Postgres is away (or a deadlock): keep the commands, no delivery used up.
                     tracing::warn!(error = %e, commands = work.len(), "batch not applied; retrying");

@@ -25,5 +25,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"nats": nats, "postgres": postgres})))
+    // The prefix tells which deployment answered (several can share a host).
+    let prefix = state.subjects.prefix();
+    (
+        status,
+        Json(json!({"nats": nats, "postgres": postgres, "prefix": prefix})),
+    )
 }

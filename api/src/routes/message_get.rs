@@ -1,7 +1,6 @@
 //! `GET /api/conversations/{id}/messages/{messageId}`: one message of the conversation
 //! (participants only; unsent, expired or elsewhere: 404).
 
-use allo_common::ids::{ConversationId, MessageId};
 use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::Value;
@@ -14,11 +13,9 @@ use crate::error::ApiError;
 pub async fn handler(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path((id, message)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = ConversationId::parse(&id).map_err(|m| ApiError::bad_parameter("id", m))?;
-    let message =
-        MessageId::parse(&message).map_err(|m| ApiError::bad_parameter("messageId", m))?;
+    let (id, message) = super::message_path(path)?;
     require_participant(&state.db, id, &caller.user).await?;
     let found: Option<Value> = sqlx::query_scalar(
         "SELECT message_json(m, $3) FROM messages m WHERE m.id = $1 AND m.conversation_id = $2 AND message_visible(m)",

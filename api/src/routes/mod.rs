@@ -76,6 +76,17 @@ pub(crate) async fn require_participant(
     }
 }
 
+/// Parses `/conversations/{id}/.../{messageId}` path ids, naming the one at fault.
+pub(crate) fn message_path(
+    (id, message): (String, String),
+) -> Result<(ConversationId, allo_common::ids::MessageId), ApiError> {
+    Ok((
+        path_id(&id, ConversationId::parse)?,
+        allo_common::ids::MessageId::parse(&message)
+            .map_err(|m| ApiError::bad_parameter("messageId", m))?,
+    ))
+}
+
 /// Parses a path id, naming the parameter on failure.
 pub(crate) fn path_id<T>(raw: &str, parse: fn(&str) -> Result<T, String>) -> Result<T, ApiError> {
     parse(raw).map_err(|m| ApiError::bad_parameter("id", m))

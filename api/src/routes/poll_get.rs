@@ -1,7 +1,6 @@
 //! `GET /api/conversations/{id}/polls/{messageId}`: a poll's question, options, exact tallies,
 //! state and the caller's own vote (participants only).
 
-use allo_common::ids::{ConversationId, MessageId};
 use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::Value;
@@ -14,11 +13,9 @@ use crate::error::ApiError;
 pub async fn handler(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path((id, message)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = ConversationId::parse(&id).map_err(|m| ApiError::bad_parameter("id", m))?;
-    let message =
-        MessageId::parse(&message).map_err(|m| ApiError::bad_parameter("messageId", m))?;
+    let (id, message) = super::message_path(path)?;
     require_participant(&state.db, id, &caller.user).await?;
     let poll: Option<Value> = sqlx::query_scalar(
         "SELECT poll_json(p, $3) || jsonb_build_object('messageId', m.id, 'conversationID', m.conversation_id, 'userID', m.author_id)
