@@ -2,8 +2,12 @@
 //! Postgres transaction together with its events and its status, then publishes the events.
 //!
 //! # Layout
-//! - [`pool`]: the pull loop a pool's processes share: delivery counting, dead-lettering,
-//!   back-off while Postgres is down, ack after the events are on the stream.
+//! - [`pool`]: the pull loop a pool's processes share, routing each command to a lane by its
+//!   conversation (one lane applies a conversation's commands, a batch at a time).
+//! - [`batch`]: one lane's batch: dead-lettering, back-off while Postgres is down, one
+//!   transaction, events published together, ack after they are on the stream.
+//! - [`apply`]: the batch's transaction: runs of sends as a set ([`send_batch`]), every other
+//!   command on its own savepoint.
 //! - [`unit`]: one command's transaction: the exactly-once key, the per-conversation `seq`,
 //!   the event rows.
 //! - [`messages`]: the messages pool's handlers, one module per operation.
@@ -13,6 +17,8 @@
 //! - [`relay`]: the outbox relay: publishes committed events the worker did not (crash
 //!   between commit and publish).
 
+pub mod apply;
+mod batch;
 pub mod error;
 pub mod messages;
 pub mod polls;
@@ -21,6 +27,7 @@ pub mod publish;
 pub mod relay;
 pub mod reports;
 pub mod scheduler;
+pub mod send_batch;
 pub mod unit;
 
 use allo_common::command::Command;

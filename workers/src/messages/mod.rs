@@ -106,12 +106,21 @@ pub(crate) async fn require_participant(
     .fetch_optional(&mut *unit.tx)
     .await?;
     match row {
-        None => Err(refuse(ErrorCode::NotFound, "conversation not found")),
-        Some((_, None)) => Err(refuse(
+        None => Err(participant_refusal(false).into()),
+        Some((_, None)) => Err(participant_refusal(true).into()),
+        Some((kind, Some(role))) => Ok((Role::parse(&role), kind)),
+    }
+}
+
+/// Why a user may not act in a conversation: it does not exist, or they are not in it.
+pub(crate) fn participant_refusal(conversation_exists: bool) -> DomainError {
+    if conversation_exists {
+        DomainError::new(
             ErrorCode::NotParticipant,
             "you are not a participant of this conversation",
-        )),
-        Some((kind, Some(role))) => Ok((Role::parse(&role), kind)),
+        )
+    } else {
+        DomainError::new(ErrorCode::NotFound, "conversation not found")
     }
 }
 

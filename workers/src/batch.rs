@@ -1,0 +1,212 @@
+//! One lane's batch, start to end: set aside what cannot be applied (undecodable, or out of
+//! deliveries) → apply the rest in one transaction → publish the batch's events together →
+//! publish outcomes and notices → ack each. Acking after the publish is safe either way: an
+//! unpublished committed event is the relay's job, and a redelivered command finds its
+//! `commands` row and has no second effect.
+
+use std::time::Duration;
+
+use allo_common::command::CommandEnvelope;
+use allo_common::event::UserNotice;
+use allo_common::ids::CommandId;
+use async_nats::jetstream::{self, AckKind};
+
+use crate::apply::{Applied, BatchResults};
+use crate::error::is_transient;
+use crate::pool::{Delivery, Worker};
+
+/// Longest pause between retries while Postgres is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Worker {
+    /// Applies a lane's deliveries (in stream order) and settles each with NATS. Postgres
+    /// unreachable: keep every command (progress acks) and retry the batch.
+    pub(crate) async fn handle_batch(&self, batch: Vec<Delivery>) {
+        let max_deliver = self.settings().jetstream.max_deliver;
+        let mut work = Vec::with_capacity(batch.len());
+        for Delivery {
+            msg,
+            envelope,
+            delivered,
+        } in batch
+        {
+            match envelope {
+                Err(why) => self.dead_letter(&msg, None, delivered, &why).await,
+                Ok(envelope) if delivered > max_deliver => {
+                    let why = format!("failed on {} deliveries", delivered - 1);
+                    self.dead_letter(&msg, Some(&envelope), delivered, &why)
+                        .await;
+                }
+                Ok(envelope) => work.push((msg, envelope, delivered)),
+            }
+        }
+        if work.is_empty() {
+            return;
+        }
+        let envelopes: Vec<&CommandEnvelope> = work.iter().map(|(_, e, _)| e).collect();
+        let started = std::time::Instant::now();
+        let results = self.apply_with_retry(&envelopes, &work).await;
+        let elapsed = started.elapsed().as_secs_f64();
+
+        let mut settled = Vec::with_capacity(work.len());
+        for ((msg, envelope, delivered), result) in work.iter().zip(results) {
+            match result {
+                Ok(applied) => settled.push((msg, envelope, applied)),
+                Err(e) => {
+                    tracing::error!(error = %e, command_id = %envelope.command_id, delivered, "command failed; will be redelivered");
+                    let delay = Duration::from_secs(1 << (*delivered).clamp(0, 5));
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+            }
+        }
+        // Every event of the batch in one pipelined publish, in batch (so per-conversation
+        // seq) order.
+        let events: Vec<_> = settled
+            .iter()
+            .filter_map(|(_, _, applied)| match applied {
+                Applied::Committed { events, .. } => Some(events.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.publish_events(&events).await;
+        for (msg, envelope, applied) in settled {
+            let op = envelope.command.operation().as_str();
+            let outcome = match &applied {
+                Applied::Committed { .. } => "committed",
+                Applied::Rejected { .. } => "rejected",
+                Applied::Duplicate { .. } => "duplicate",
+            };
+            metrics::counter!("allo_commands_applied_total", "operation" => op, "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("allo_command_apply_seconds", "operation" => op).record(elapsed);
+            self.announce(envelope, &applied).await;
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, command_id = %envelope.command_id, "ack failed; redelivery will be a no-op");
+            }
+        }
+    }
+
+    /// Applies the batch; while Postgres is away, keeps the commands (progress acks, no
+    /// delivery used up) and retries with back-off. A batch that fails for another reason is
+    /// settled one command at a time, so one bad command cannot hold the others.
+    async fn apply_with_retry(
+        &self,
+        envelopes: &[&CommandEnvelope],
+        work: &[(jetstream::Message, CommandEnvelope, i64)],
+    ) -> BatchResults {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.apply_batch(envelopes).await {
+                Ok(results) => return results,
+                Err(e) if !is_transient(&e) && envelopes.len() > 1 => {
+                    tracing::warn!(error = %e, commands = envelopes.len(), "batch failed; applying one by one");
+                    metrics::counter!("allo_batch_fallbacks_total").increment(1);
+                    let mut results = Vec::with_capacity(envelopes.len());
+                    for envelope in envelopes {
+                        results.push(self.apply(envelope).await);
+                    }
+                    return results;
+                }
+                Err(e) if !is_transient(&e) => return vec![Err(e)],
+                Err(e) => {
+                    tracing::warn!(error = %e, commands = envelopes.len(), "batch not applied; retrying");
+                    for (msg, _, _) in work {
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Publishes what the command produced besides its events: moderator notices, the outcome
+    /// for `Prefer: wait`, and an `error` notice to the actor on rejection.
+    async fn announce(&self, envelope: &CommandEnvelope, applied: &Applied) {
+        if let Applied::Committed { notices, .. } = applied {
+            for (i, notice) in notices.iter().enumerate() {
+                let id = format!("mod:{}:{i}", envelope.command_id);
+                if let Err(e) = self.publisher().moderators(notice, id).await {
+                    tracing::warn!(error = %e, "moderator notice not published");
+                }
+            }
+        }
+        self.publish_outcome(applied.outcome()).await;
+        if let Applied::Rejected { outcome } = applied {
+            let notice = UserNotice {
+                kind: "error".into(),
+                data: serde_json::json!({
+                    "commandId": outcome.command_id,
+                    "operation": outcome.operation,
+                    "code": outcome.code,
+                    "message": outcome.message,
+                }),
+            };
+            self.notify(
+                &envelope.actor,
+                &notice,
+                format!("error:{}", envelope.command_id),
+            )
+            .await;
+        }
+    }
+
+    /// Sets a command aside after its last delivery (or at once if it cannot be decoded),
+    /// marks it rejected so its sender can read why, and removes it from the stream.
+    async fn dead_letter(
+        &self,
+        msg: &jetstream::Message,
+        envelope: Option<&CommandEnvelope>,
+        delivered: i64,
+        why: &str,
+    ) {
+        let command_id = envelope
+            .map(|e| e.command_id)
+            .or_else(|| {
+                msg.subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| CommandId::parse(t).ok())
+            })
+            .unwrap_or_else(CommandId::generate);
+        tracing::error!(%command_id, delivered, why, "dead-lettering command");
+        metrics::counter!("allo_dead_letters_total").increment(1);
+        let result = async {
+            let mut tx = self.db().begin().await?;
+            sqlx::query(
+                "INSERT INTO dead_letters (command_id, subject, payload, deliveries, error) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (command_id) DO NOTHING",
+            )
+            .bind(command_id)
+            .bind(msg.subject.as_str())
+            .bind(msg.payload.as_ref())
+            .bind(delivered)
+            .bind(why)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(env) = envelope {
+                sqlx::query(
+                    "INSERT INTO commands (id, actor_id, operation, status, error_code, error_message, accepted_at)
+                     VALUES ($1, $2, $3, 'rejected', 'dead_lettered', $4, $5) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(command_id)
+                .bind(env.actor.as_str())
+                .bind(env.command.operation().as_str())
+                .bind(why)
+                .bind(env.at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
+            // Keep the command; a later delivery tries to dead-letter it again.
+            Err(e) => tracing::error!(error = %e, "could not dead-letter command"),
+        }
+    }
+}
