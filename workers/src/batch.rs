@@ -43,6 +43,7 @@ impl Worker {
         if work.is_empty() {
             return;
         }
+        metrics::histogram!("allo_batch_size").record(work.len() as f64);
         let envelopes: Vec<&CommandEnvelope> = work.iter().map(|(_, e, _)| e).collect();
         let started = std::time::Instant::now();
         let results = self.apply_with_retry(&envelopes, &work).await;
