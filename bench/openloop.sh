@@ -40,7 +40,8 @@ done
 
 id="$(date +%s)$RANDOM"
 out="$ALLO_DATA/bench/openloop-$id"; mkdir -p "$out"
-pick_port() { local p; while :; do p=$((20000 + RANDOM % 20000)); reachable 127.0.0.1 "$p" || { echo "$p"; return; }; done; }
+# Below the ephemeral range (32768+), where an outgoing connection may hold a port we test as free.
+pick_port() { local p; while :; do p=$((10000 + RANDOM % 20000)); reachable 127.0.0.1 "$p" || { echo "$p"; return; }; done; }
 export ALLO_NATS_URL="${ALLO_NATS_URL:-nats://127.0.0.1:4222}"
 pg_base="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
 allo_db="allo_bench_$id" node_db="allo_bench_node_$id"
@@ -49,7 +50,11 @@ secret="bench-secret-$id" # one secret for every system: the same tokens drive e
 psql_() { psql "$pg_base/postgres" -v ON_ERROR_STOP=1 -qtAc "$1"; }
 
 pids=() made_dbs=()
-stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+stop_pid() { # SIGTERM, then SIGKILL after 10 s: a stuck server must not hang the bench
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true
+}
 cleanup() {
   trap - EXIT INT TERM
   for p in "${pids[@]}"; do stop_pid "$p"; done
@@ -102,9 +107,11 @@ EOF
 
 loadgen() { # label, then extra args
   local label=$1; shift
+  # In the background and waited for, so that SIGTERM/SIGINT to this script stops it at once.
   node "$BENCH/js/openloop.mjs" --label "$label" --secret "$secret" --rates "$rates" --step-secs "$step_secs" \
-    --grace-secs "$grace_secs" --out "$out/$label.json" --wrk-pairs "$out/pairs-$label.txt" "$@" 2>"$out/loadgen-$label.err" ||
-    { log "load generator failed on $label:"; cat "$out/loadgen-$label.err" >&2; exit 1; }
+    --grace-secs "$grace_secs" --out "$out/$label.json" --wrk-pairs "$out/pairs-$label.txt" "$@" 2>"$out/loadgen-$label.err" &
+  local lp=$!; pids+=($lp)
+  wait $lp || { log "load generator failed on $label:"; cat "$out/loadgen-$label.err" >&2; exit 1; }
 }
 ingress_wrk() { # label, url
   [ -f "$WRK_PAIRS" ] || { log "no senders for wrk"; return 1; }

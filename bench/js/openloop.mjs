@@ -1,5 +1,5 @@
 // Open-loop load generator of bench/openloop.sh (issue 9). The load shape: 200 npm
-// socket.io-client sockets (websocket transport, in a worker thread) in 20 group conversations
+// socket.io-client sockets (websocket transport, in worker threads) in 20 group conversations
 // of 10; each conversation's first member POSTs sendMessage over keep-alive HTTP. Per step the
 // total POST rate is fixed and POSTs are scheduled by the wall clock (request i of a step is
 // due at start + i/rate), never waiting for a response before sending the next: a slow server
@@ -10,7 +10,7 @@
 //   node openloop.mjs --label allo --api URL --fanout URL --secret S --rates 50,100
 //        [--step-secs 10] [--grace-secs 5] [--drain-max-secs 30] [--wait-header]
 //        [--procs api=PID,workers=PID,…] [--pg-dbs db1,db2] [--system api,workers,…]
-//        [--out results.json] [--wrk-pairs file]
+//        [--out results.json] [--wrk-pairs file] [--socket-threads 2]
 import { Worker } from "node:worker_threads";
 import { createHmac } from "node:crypto";
 import http from "node:http";
@@ -74,27 +74,38 @@ for (let c = 0; c < CONVERSATIONS; c++) {
 }
 // The senders, for the ingress-only run of wrk (bench/wrk/sendmessage.lua).
 if (args["wrk-pairs"]) writeFileSync(args["wrk-pairs"], convs.map((c) => `${c.tokens[0]} ${c.id}\n`).join(""));
-const sockets = new Worker(new URL("./sockets.mjs", import.meta.url), {
-  workerData: { url: args.fanout, members: convs.flatMap((c) => c.tokens.map((t) => ({ token: t, conversationID: c.id }))) },
-});
+// Sockets are spread over --socket-threads worker threads (default 2, one per core here) so
+// that no single event loop of the generator becomes the bottleneck at high delivery rates.
+const members = convs.flatMap((c) => c.tokens.map((t) => ({ token: t, conversationID: c.id })));
+const nThreads = Math.max(1, Number(args["socket-threads"] ?? 2));
 let disconnects = 0;
-const waiters = [];
-sockets.on("message", (m) => {
-  if (m.type === "disconnect") { disconnects++; return; }
-  const i = waiters.findIndex((w) => w.type === m.type || (w.type === "ready" && m.type === "failed"));
-  if (i >= 0) waiters.splice(i, 1)[0].resolve(m);
+const threads = Array.from({ length: nThreads }, (_, k) => {
+  const from = Math.floor((k * members.length) / nThreads), to = Math.floor(((k + 1) * members.length) / nThreads);
+  const worker = new Worker(new URL("./sockets.mjs", import.meta.url), { workerData: { url: args.fanout, members: members.slice(from, to), base: from } });
+  const waiters = [];
+  worker.on("message", (m) => {
+    if (m.type === "disconnect") { disconnects++; return; }
+    const i = waiters.findIndex((w) => w.type === m.type || (w.type === "ready" && m.type === "failed"));
+    if (i >= 0) waiters.splice(i, 1)[0].resolve(m);
+  });
+  worker.on("error", (e) => { console.error(`${label}: socket thread failed: ${e.stack ?? e}`); process.exit(2); });
+  const ask = (type, reply = type) => new Promise((resolve) => { waiters.push({ type: reply, resolve }); if (type) worker.postMessage({ type }); });
+  return { worker, ask };
 });
-sockets.on("error", (e) => { console.error(`${label}: socket thread failed: ${e.stack ?? e}`); process.exit(2); });
-const ask = (type, reply = type) => new Promise((resolve) => { waiters.push({ type: reply, resolve }); if (type) sockets.postMessage({ type }); });
-const ready = await ask(null, "ready");
-if (ready.type === "failed") { console.error(`${label}: ${ready.error}`); process.exit(2); }
-const countArrivals = async () => (await ask("count")).count;
+const askAll = (type, reply) => Promise.all(threads.map((t) => t.ask(type, reply)));
+const failed = (await askAll(null, "ready")).find((m) => m.type === "failed");
+if (failed) { console.error(`${label}: ${failed.error}`); process.exit(2); }
+const countArrivals = async () => (await askAll("count")).reduce((n, m) => n + m.count, 0);
+const takeArrivals = async () => {
+  const parts = await askAll("take", "arrivals");
+  return { tags: parts.flatMap((p) => p.tags), socks: parts.flatMap((p) => p.socks), times: parts.flatMap((p) => p.times) };
+};
 
 // --- one step ---------------------------------------------------------------------------------
 const pct = (sorted, p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : NaN);
 
 async function step(rate, secs, tagPrefix) {
-  await ask("take", "arrivals"); // forget stragglers of earlier steps
+  await takeArrivals(); // forget stragglers of earlier steps
   const sent = new Map(); // tag -> {t0, accepted}
   const st = { ok: 0, r429: 0, r503: 0, other: 0, errors: 0, retryAfter: 0, latencies: [], lags: [] };
   const inflight = [];
@@ -141,7 +152,7 @@ async function step(rate, secs, tagPrefix) {
     const n = await countArrivals();
     if (n > arrived) { arrived = n; lastProgress = now(); }
   }
-  const { tags, socks, times } = await ask("take", "arrivals");
+  const { tags, socks, times } = await takeArrivals();
 
   const seen = new Set();
   const lat = [];
@@ -190,7 +201,7 @@ for (const [s, rate] of rates.entries()) {
   results.push(r);
   process.stderr.write(`${label}: step ${rate}/s done (p99 ${f(r.p99, 1)} ms, ${f(r.completeness * 100, 2)} % delivered)\n`);
 }
-sockets.postMessage({ type: "close" });
+threads.forEach((t) => t.worker.postMessage({ type: "close" }));
 
 const cpuNames = Object.keys(results.find((r) => r.cpuPct)?.cpuPct ?? {});
 const pad = (cols, widths) => cols.map((c, k) => String(c).padStart(widths[k])).join(" ");

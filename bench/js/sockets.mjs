@@ -1,4 +1,4 @@
-// Worker thread of openloop.mjs: holds every npm socket.io-client socket (websocket transport)
+// Worker thread of openloop.mjs: holds its share of the npm socket.io-client socket (websocket transport)
 // and records each `message` event as (tag, socket, arrival time). It runs apart from the
 // thread that schedules the POSTs so that 20k socket events/s cannot delay the open-loop
 // schedule (and vice versa). Times are epoch milliseconds (performance.timeOrigin + now()), the
@@ -6,7 +6,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { io } from "socket.io-client";
 
-const { url, members } = workerData; // members: [{token, conversationID}]
+const { url, members, base } = workerData; // members: [{token, conversationID}]; base: index of the first
 const now = () => performance.timeOrigin + performance.now();
 
 // Arrivals of the current step, flat (cheap to append, one transfer at the end of the step).
@@ -21,7 +21,7 @@ const joinAll = () => Promise.all(members.map((m, i) => new Promise((resolve, re
   s.on("disconnect", (reason) => parentPort.postMessage({ type: "disconnect", socket: i, reason }));
   s.on("message", (msg) => {
     tags.push(msg?.message);
-    socks.push(i);
+    socks.push(base + i);
     times.push(now());
     count++;
   });
