@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     --ingress-secs) ingress_secs=$2; shift 2 ;;
     --no-ingress) do_ingress=0; shift ;;
     --no-ceilings) do_ceilings=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
