@@ -58,7 +58,7 @@ stop_pid() { # SIGTERM, then SIGKILL after 10 s: a stuck server must not hang th
 cleanup() {
   trap - EXIT INT TERM
   for p in "${pids[@]}"; do stop_pid "$p"; done
-  for db in "${made_dbs[@]}"; do psql_ "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || log "could not drop $db"; done
+  [ -n "${BENCH_KEEP_DB:-}" ] || for db in "${made_dbs[@]}"; do psql_ "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || log "could not drop $db"; done
   node "$BENCH/js/nats-tools.mjs" cleanup "$ALLO_NATS_URL" "$stream_base" >/dev/null 2>&1 || log "could not delete streams $stream_base_*"
   stop_started_services
   log "logs and raw results: $out"

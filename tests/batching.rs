@@ -114,6 +114,14 @@ async fn a_refused_send_inside_a_batch_leaves_the_others_committed_in_order() {
         !texts.iter().any(|t| t == "not a member"),
         "the refused send left nothing"
     );
+    let differing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e JOIN messages m ON m.seq = e.seq
+         WHERE e.type = 'message' AND e.data <> message_json(m, NULL)",
+    )
+    .fetch_one(&stack.db)
+    .await
+    .expect("compare");
+    assert_eq!(differing, 0, "each message event shows the message as reads do");
     let count = metric(&stack, &metrics, "allo_batch_size_count").await;
     let sum = metric(&stack, &metrics, "allo_batch_size_sum").await;
     assert!(

@@ -63,7 +63,9 @@ pub struct JetStreamSettings {
     pub max_deliver: i64,
     /// Unacked commands per pool, across all its processes.
     pub max_ack_pending: i64,
-    /// Largest command backlog kept; past it ingress answers 503 instead of growing forever.
+    /// Largest command backlog kept (all pools); past it ingress answers 503 with
+    /// `Retry-After` instead of accepting work it would apply seconds late. 5,000 is about two
+    /// seconds of what one worker process drains on 2 cores; raise it with the pool's size.
     pub command_max_messages: i64,
     pub replicas: usize,
 }
@@ -160,7 +162,7 @@ impl Default for Settings {
                 ack_wait_secs: 30,
                 max_deliver: 5,
                 max_ack_pending: 2000,
-                command_max_messages: 1_000_000,
+                command_max_messages: 5_000,
                 replicas: 1,
             },
             limits: Limits {
