@@ -121,7 +121,10 @@ async fn a_refused_send_inside_a_batch_leaves_the_others_committed_in_order() {
     .fetch_one(&stack.db)
     .await
     .expect("compare");
-    assert_eq!(differing, 0, "each message event shows the message as reads do");
+    assert_eq!(
+        differing, 0,
+        "each message event shows the message as reads do"
+    );
     let count = metric(&stack, &metrics, "allo_batch_size_count").await;
     let sum = metric(&stack, &metrics, "allo_batch_size_sum").await;
     assert!(

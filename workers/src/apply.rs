@@ -5,6 +5,7 @@
 use allo_common::command::{CommandEnvelope, CommandOutcome, CommandStatus, load_outcome};
 use allo_common::error::DomainError;
 use allo_common::event::{EventEnvelope, UserNotice};
+use allo_common::ids::EventId;
 
 use crate::error::{ApplyError, is_transient};
 use crate::pool::Worker;
@@ -42,20 +43,25 @@ pub type BatchResults = Vec<Result<Applied, sqlx::Error>>;
 impl Worker {
     /// Applies one command in its own transaction (tests use it to commit without acking).
     pub async fn apply(&self, envelope: &CommandEnvelope) -> Result<Applied, sqlx::Error> {
-        let mut results = self.apply_batch(&[envelope]).await?;
+        let mut results = self.apply_batch(&[envelope], &[]).await?;
         results
             .pop()
             .unwrap_or_else(|| Err(sqlx::Error::Protocol("empty batch".into())))
     }
 
-    /// Applies commands in one transaction, in the order given. `Err` means nothing was
-    /// committed (connection trouble, deadlock, or a run of sends that failed as a whole): the
-    /// caller retries or falls back to one command at a time.
+    /// Applies commands in one transaction, in the order given, and marks `published` (events
+    /// of earlier batches now on the stream) in the same transaction, which saves a commit of
+    /// their own. `Err` means nothing was committed (connection trouble, deadlock, or a run of
+    /// sends that failed as a whole): the caller retries or falls back to one at a time.
     pub async fn apply_batch(
         &self,
         envelopes: &[&CommandEnvelope],
+        published: &[EventId],
     ) -> Result<BatchResults, sqlx::Error> {
         let mut tx = self.db().begin().await?;
+        if !published.is_empty() {
+            mark_published(&mut *tx, published).await?;
+        }
         let mut results = Vec::with_capacity(envelopes.len());
         let mut rest = envelopes;
         while let Some(first) = rest.first() {
@@ -185,4 +191,18 @@ pub fn outcome_of(
         message: reason.map(|r| r.message),
         result,
     }
+}
+
+/// Records that these events are on the event stream, so the relay leaves them alone.
+pub async fn mark_published(
+    db: impl sqlx::PgExecutor<'_>,
+    events: &[EventId],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE events SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(events)
+    .execute(db)
+    .await?;
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use allo_common::command::CommandEnvelope;
 use allo_common::event::UserNotice;
-use allo_common::ids::CommandId;
+use allo_common::ids::{CommandId, EventId};
 use async_nats::jetstream::{self, AckKind};
 
 use crate::apply::{Applied, BatchResults};
@@ -20,8 +20,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Worker {
     /// Applies a lane's deliveries (in stream order) and settles each with NATS. Postgres
-    /// unreachable: keep every command (progress acks) and retry the batch.
-    pub(crate) async fn handle_batch(&self, batch: Vec<Delivery>) {
+    /// unreachable: keep every command (progress acks) and retry the batch. `marks` are the
+    /// lane's published events not yet marked: marked in this batch's transaction, then
+    /// replaced by this batch's own.
+    pub(crate) async fn handle_batch(&self, batch: Vec<Delivery>, marks: &mut Vec<EventId>) {
         let max_deliver = self.settings().jetstream.max_deliver;
         let mut work = Vec::with_capacity(batch.len());
         for Delivery {
@@ -46,7 +48,7 @@ impl Worker {
         metrics::histogram!("allo_batch_size").record(work.len() as f64);
         let envelopes: Vec<&CommandEnvelope> = work.iter().map(|(_, e, _)| e).collect();
         let started = std::time::Instant::now();
-        let results = self.apply_with_retry(&envelopes, &work).await;
+        let results = self.apply_with_retry(&envelopes, &work, marks).await;
         let elapsed = started.elapsed().as_secs_f64();
 
         let mut settled = Vec::with_capacity(work.len());
@@ -70,7 +72,10 @@ impl Worker {
             })
             .flatten()
             .collect();
-        self.publish_events(&events).await;
+        match self.publisher().events(&events).await {
+            Ok(()) => marks.extend(events.iter().map(|e| e.event_id)),
+            Err(e) => tracing::warn!(error = %e, "event publish failed; the relay will retry"),
+        }
         for (msg, envelope, applied) in settled {
             let op = envelope.command.operation().as_str();
             let outcome = match &applied {
@@ -95,11 +100,15 @@ impl Worker {
         &self,
         envelopes: &[&CommandEnvelope],
         work: &[(jetstream::Message, CommandEnvelope, i64)],
+        marks: &mut Vec<EventId>,
     ) -> BatchResults {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.apply_batch(envelopes).await {
-                Ok(results) => return results,
+            match self.apply_batch(envelopes, marks).await {
+                Ok(results) => {
+                    marks.clear();
+                    return results;
+                }
                 Err(e) if !is_transient(&e) && envelopes.len() > 1 => {
                     tracing::warn!(error = %e, commands = envelopes.len(), "batch failed; applying one by one");
                     metrics::counter!("allo_batch_fallbacks_total").increment(1);

@@ -24,6 +24,9 @@ use tokio::sync::{mpsc, watch};
 pub use crate::apply::Applied;
 use crate::publish::Publisher;
 
+/// How long an idle lane keeps its published marks for the next batch before writing them.
+const MARK_IDLE: Duration = Duration::from_millis(250);
+
 /// A command as pulled: its message (to settle), what it decoded to, and its delivery count.
 pub(crate) struct Delivery {
     pub msg: jetstream::Message,
@@ -155,15 +158,45 @@ impl Worker {
         shutdown: watch::Receiver<bool>,
     ) {
         let mut batch = Vec::with_capacity(batch_size);
-        while queue.recv_many(&mut batch, batch_size).await > 0 {
+        let mut marks = Vec::new();
+        loop {
+            let received = if marks.is_empty() {
+                queue.recv_many(&mut batch, batch_size).await
+            } else {
+                // Published marks ride on the next batch's transaction; an idle lane writes
+                // them on their own, well inside the relay's grace.
+                match tokio::time::timeout(MARK_IDLE, queue.recv_many(&mut batch, batch_size)).await
+                {
+                    Ok(n) => n,
+                    Err(_) => {
+                        self.flush_marks(&mut marks).await;
+                        continue;
+                    }
+                }
+            };
+            if received == 0 {
+                break;
+            }
             if *shutdown.borrow() {
                 for delivery in batch.drain(..) {
                     hand_back(&delivery.msg).await;
                 }
                 continue;
             }
-            self.handle_batch(std::mem::take(&mut batch)).await;
+            self.handle_batch(std::mem::take(&mut batch), &mut marks)
+                .await;
         }
+        self.flush_marks(&mut marks).await;
+    }
+
+    async fn flush_marks(&self, marks: &mut Vec<EventId>) {
+        if marks.is_empty() {
+            return;
+        }
+        if let Err(e) = crate::apply::mark_published(self.db(), marks).await {
+            tracing::warn!(error = %e, "could not mark events published; the relay will republish them");
+        }
+        marks.clear();
     }
 
     /// Publishes committed events and queues their `published_at` marks; on failure the relay
