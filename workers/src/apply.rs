@@ -59,8 +59,13 @@ impl Worker {
         published: &[EventId],
     ) -> Result<BatchResults, sqlx::Error> {
         let mut tx = self.db().begin().await?;
-        if !published.is_empty() {
-            mark_published(&mut *tx, published).await?;
+        let starts_with_send = envelopes
+            .first()
+            .is_some_and(|e| as_send(&e.command).is_some());
+        let mut marks = published;
+        if !marks.is_empty() && !starts_with_send {
+            mark_published(&mut *tx, marks).await?;
+            marks = &[];
         }
         let mut results = Vec::with_capacity(envelopes.len());
         let mut rest = envelopes;
@@ -70,7 +75,9 @@ impl Worker {
                 .take_while(|e| as_send(&e.command).is_some())
                 .count();
             if sends > 0 {
-                results.extend(send_batch::apply(&mut tx, &rest[..sends]).await?);
+                // The first run marks the published events in its lock's round trip.
+                results.extend(send_batch::apply(&mut tx, &rest[..sends], marks).await?);
+                marks = &[];
                 rest = &rest[sends..];
                 continue;
             }

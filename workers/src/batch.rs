@@ -15,15 +15,43 @@ use crate::apply::{Applied, BatchResults};
 use crate::error::is_transient;
 use crate::pool::{Delivery, Worker};
 
+/// A lane's published events not yet marked in Postgres: filled by its settle task, taken
+/// by its next batch.
+pub(crate) type Marks = std::sync::Arc<std::sync::Mutex<Vec<EventId>>>;
+
+/// A committed batch, waiting to be told to NATS.
+pub(crate) struct Settlement {
+    settled: Vec<(jetstream::Message, CommandEnvelope, Applied)>,
+    /// How long the batch took to apply (for the apply-latency histogram).
+    elapsed: f64,
+}
+
+pub(crate) fn take_marks(marks: &Marks) -> Vec<EventId> {
+    marks
+        .lock()
+        .map(|mut m| std::mem::take(&mut *m))
+        .unwrap_or_default()
+}
+
+fn return_marks(marks: &Marks, events: Vec<EventId>) {
+    if let Ok(mut m) = marks.lock() {
+        m.extend(events);
+    }
+}
+
 /// Longest pause between retries while Postgres is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Worker {
-    /// Applies a lane's deliveries (in stream order) and settles each with NATS. Postgres
-    /// unreachable: keep every command (progress acks) and retry the batch. `marks` are the
-    /// lane's published events not yet marked: marked in this batch's transaction, then
-    /// replaced by this batch's own.
-    pub(crate) async fn handle_batch(&self, batch: Vec<Delivery>, marks: &mut Vec<EventId>) {
+    /// Applies a lane's deliveries (in stream order) in one transaction and returns what is
+    /// left to tell NATS; commands that failed on their own are nak'ed here. Postgres
+    /// unreachable: keep every command (progress acks) and retry the batch. The lane's
+    /// published events not yet marked ride on this batch's transaction.
+    pub(crate) async fn apply_deliveries(
+        &self,
+        batch: Vec<Delivery>,
+        marks: &Marks,
+    ) -> Option<Settlement> {
         let max_deliver = self.settings().jetstream.max_deliver;
         let mut work = Vec::with_capacity(batch.len());
         for Delivery {
@@ -43,27 +71,38 @@ impl Worker {
             }
         }
         if work.is_empty() {
-            return;
+            return None;
         }
         metrics::histogram!("allo_batch_size").record(work.len() as f64);
         let envelopes: Vec<&CommandEnvelope> = work.iter().map(|(_, e, _)| e).collect();
         let started = std::time::Instant::now();
-        let results = self.apply_with_retry(&envelopes, &work, marks).await;
+        let published = take_marks(marks);
+        let (results, marked) = self.apply_with_retry(&envelopes, &work, &published).await;
+        if !marked {
+            return_marks(marks, published);
+        }
         let elapsed = started.elapsed().as_secs_f64();
 
         let mut settled = Vec::with_capacity(work.len());
-        for ((msg, envelope, delivered), result) in work.iter().zip(results) {
+        for ((msg, envelope, delivered), result) in work.into_iter().zip(results) {
             match result {
                 Ok(applied) => settled.push((msg, envelope, applied)),
                 Err(e) => {
                     tracing::error!(error = %e, command_id = %envelope.command_id, delivered, "command failed; will be redelivered");
-                    let delay = Duration::from_secs(1 << (*delivered).clamp(0, 5));
+                    let delay = Duration::from_secs(1 << delivered.clamp(0, 5));
                     let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
                 }
             }
         }
-        // Every event of the batch in one pipelined publish, in batch (so per-conversation
-        // seq) order.
+        Some(Settlement { settled, elapsed })
+    }
+
+    /// Tells NATS what a committed batch did: every event of the batch in one pipelined
+    /// publish, in batch (so per-conversation seq) order, then outcomes and notices, then an
+    /// ack per command, after its events are on the stream. Runs beside the lane, so the lane
+    /// applies its next batch meanwhile; one settle task per lane keeps the order.
+    pub(crate) async fn settle(&self, settlement: Settlement, marks: &Marks) {
+        let Settlement { settled, elapsed } = settlement;
         let events: Vec<_> = settled
             .iter()
             .filter_map(|(_, _, applied)| match applied {
@@ -73,7 +112,7 @@ impl Worker {
             .flatten()
             .collect();
         match self.publisher().events(&events).await {
-            Ok(()) => marks.extend(events.iter().map(|e| e.event_id)),
+            Ok(()) => return_marks(marks, events.iter().map(|e| e.event_id).collect()),
             Err(e) => tracing::warn!(error = %e, "event publish failed; the relay will retry"),
         }
         for (msg, envelope, applied) in settled {
@@ -86,7 +125,7 @@ impl Worker {
             metrics::counter!("allo_commands_applied_total", "operation" => op, "outcome" => outcome)
                 .increment(1);
             metrics::histogram!("allo_command_apply_seconds", "operation" => op).record(elapsed);
-            self.announce(envelope, &applied).await;
+            self.announce(&envelope, &applied).await;
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, command_id = %envelope.command_id, "ack failed; redelivery will be a no-op");
             }
@@ -95,20 +134,18 @@ impl Worker {
 
     /// Applies the batch; while Postgres is away, keeps the commands (progress acks, no
     /// delivery used up) and retries with back-off. A batch that fails for another reason is
-    /// settled one command at a time, so one bad command cannot hold the others.
+    /// settled one command at a time, so one bad command cannot hold the others. The flag
+    /// says whether `marks` were written.
     async fn apply_with_retry(
         &self,
         envelopes: &[&CommandEnvelope],
         work: &[(jetstream::Message, CommandEnvelope, i64)],
-        marks: &mut Vec<EventId>,
-    ) -> BatchResults {
+        marks: &[EventId],
+    ) -> (BatchResults, bool) {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.apply_batch(envelopes, marks).await {
-                Ok(results) => {
-                    marks.clear();
-                    return results;
-                }
+                Ok(results) => return (results, true),
                 Err(e) if !is_transient(&e) && envelopes.len() > 1 => {
                     tracing::warn!(error = %e, commands = envelopes.len(), "batch failed; applying one by one");
                     metrics::counter!("allo_batch_fallbacks_total").increment(1);
@@ -116,9 +153,9 @@ impl Worker {
                     for envelope in envelopes {
                         results.push(self.apply(envelope).await);
                     }
-                    return results;
+                    return (results, false);
                 }
-                Err(e) if !is_transient(&e) => return vec![Err(e)],
+                Err(e) if !is_transient(&e) => return (vec![Err(e)], false),
                 Err(e) => {
                     tracing::warn!(error = %e, commands = envelopes.len(), "batch not applied; retrying");
                     for (msg, _, _) in work {

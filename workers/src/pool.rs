@@ -22,7 +22,11 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::apply::Applied;
+use crate::batch::{Marks, Settlement, take_marks};
 use crate::publish::Publisher;
+
+/// Committed batches a lane may have waiting for their publish.
+const SETTLE_QUEUE: usize = 4;
 
 /// How long an idle lane keeps its published marks for the next batch before writing them.
 const MARK_IDLE: Duration = Duration::from_millis(250);
@@ -102,7 +106,18 @@ impl Worker {
             let senders = (0..me.settings.worker.concurrency.max(1))
                 .map(|_| {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    tasks.spawn(self.clone().run_lane(rx, batch_size, shutdown.clone()));
+                    // A little room, so the lane applies its next batch while the last one
+                    // is being published; bounded, so a slow NATS slows the lane.
+                    let (settle_tx, settle_rx) = mpsc::channel(SETTLE_QUEUE);
+                    let marks = Marks::default();
+                    tasks.spawn(self.clone().run_lane(
+                        rx,
+                        settle_tx,
+                        marks.clone(),
+                        batch_size,
+                        shutdown.clone(),
+                    ));
+                    tasks.spawn(self.clone().run_settle(settle_rx, marks));
                     tx
                 })
                 .collect();
@@ -150,28 +165,30 @@ impl Worker {
         Ok(())
     }
 
-    /// One lane: a batch at a time from what has arrived. After shutdown, hands back the rest.
+    /// One lane: a batch at a time from what has arrived, handed to its settle task once
+    /// committed. After shutdown, hands back the rest.
     async fn run_lane(
         self,
         mut queue: mpsc::UnboundedReceiver<Delivery>,
+        settle: mpsc::Sender<Settlement>,
+        marks: Marks,
         batch_size: usize,
         shutdown: watch::Receiver<bool>,
     ) {
         let mut batch = Vec::with_capacity(batch_size);
-        let mut marks = Vec::new();
         loop {
-            let received = if marks.is_empty() {
-                queue.recv_many(&mut batch, batch_size).await
-            } else {
-                // Published marks ride on the next batch's transaction; an idle lane writes
-                // them on their own, well inside the relay's grace.
-                match tokio::time::timeout(MARK_IDLE, queue.recv_many(&mut batch, batch_size)).await
-                {
-                    Ok(n) => n,
-                    Err(_) => {
-                        self.flush_marks(&mut marks).await;
-                        continue;
-                    }
+            // Published marks ride on the next batch's transaction; an idle lane writes them
+            // on their own, well inside the relay's grace.
+            let received = match tokio::time::timeout(
+                MARK_IDLE,
+                queue.recv_many(&mut batch, batch_size),
+            )
+            .await
+            {
+                Ok(n) => n,
+                Err(_) => {
+                    self.flush_marks(&marks).await;
+                    continue;
                 }
             };
             if received == 0 {
@@ -183,20 +200,33 @@ impl Worker {
                 }
                 continue;
             }
-            self.handle_batch(std::mem::take(&mut batch), &mut marks)
-                .await;
+            if let Some(settlement) = self
+                .apply_deliveries(std::mem::take(&mut batch), &marks)
+                .await
+                && let Err(mpsc::error::SendError(settlement)) = settle.send(settlement).await
+            {
+                // The settle task is gone (cannot happen while we hold its sender); settle here.
+                self.settle(settlement, &marks).await;
+            }
         }
-        self.flush_marks(&mut marks).await;
     }
 
-    async fn flush_marks(&self, marks: &mut Vec<EventId>) {
-        if marks.is_empty() {
+    /// Settles a lane's committed batches in order, then writes the last marks.
+    async fn run_settle(self, mut queue: mpsc::Receiver<Settlement>, marks: Marks) {
+        while let Some(settlement) = queue.recv().await {
+            self.settle(settlement, &marks).await;
+        }
+        self.flush_marks(&marks).await;
+    }
+
+    async fn flush_marks(&self, marks: &Marks) {
+        let events = take_marks(marks);
+        if events.is_empty() {
             return;
         }
-        if let Err(e) = crate::apply::mark_published(self.db(), marks).await {
+        if let Err(e) = crate::apply::mark_published(self.db(), &events).await {
             tracing::warn!(error = %e, "could not mark events published; the relay will republish them");
         }
-        marks.clear();
     }
 
     /// Publishes committed events and queues their `published_at` marks; on failure the relay
