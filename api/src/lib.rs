@@ -33,6 +33,8 @@ pub struct AppState {
     pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
     pub keys: TokenKeys,
+    /// Rate-budget tokens this replica leased and has not spent (shared by its requests).
+    pub rate_leases: Arc<allo_common::ingress::RateLeases>,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
             db,
             nats,
             js,
+            rate_leases: Arc::default(),
         })
     }
 }

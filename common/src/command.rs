@@ -190,6 +190,10 @@ pub struct CommandEnvelope {
     /// When ingress accepted the command.
     pub at: DateTime<Utc>,
     pub command: Command,
+    /// Someone waits for the outcome (`Prefer: wait`): the worker publishes it on the command's
+    /// outcome subject. Otherwise it does not, which saves a NATS message per command.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reply_outcome: bool,
 }
 
 /// The outcome of a command as clients read it (`GET /api/commands/{id}`, `Prefer: wait`).

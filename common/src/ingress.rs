@@ -31,6 +31,7 @@ pub fn envelope(
         roles: caller.roles.clone(),
         at: chrono::Utc::now(),
         command,
+        reply_outcome: false,
     })
 }
 
@@ -67,18 +68,66 @@ pub enum Admission {
 /// JetStream's error code for "maximum messages per subject exceeded".
 const PER_SUBJECT_LIMIT: jetstream::ErrorCode = jetstream::ErrorCode(10077);
 
+/// Tokens of users' budgets this replica has leased from the rate stream and not spent yet.
+///
+/// One message on a user's rate subject is a lease of [`lease_size`] tokens, so the rate
+/// stream sees one publish per lease instead of one per command. A user's requests on one
+/// replica take their tokens one at a time under that user's lock, so concurrent requests
+/// lease no more than they spend. Only local bookkeeping: a replica that dies loses its
+/// unspent tokens (the user gets fewer, never more, than the limit), and a lease left over at
+/// the end of a window expires with it.
+#[derive(Debug, Default)]
+pub struct RateLeases {
+    unspent: std::sync::Mutex<UnspentTokens>,
+}
+
+type UnspentTokens =
+    std::collections::HashMap<(crate::ids::UserId, u64), std::sync::Arc<tokio::sync::Mutex<u64>>>;
+
+impl RateLeases {
+    /// The user's unspent tokens in this window (a fresh, empty slot the first time).
+    fn slot(
+        &self,
+        user: &crate::ids::UserId,
+        window: u64,
+    ) -> std::sync::Arc<tokio::sync::Mutex<u64>> {
+        let Ok(mut unspent) = self.unspent.lock() else {
+            return Default::default();
+        };
+        // Leases of past windows are worthless; dropping them bounds the map by the users
+        // active in the current window.
+        unspent.retain(|(_, w), _| *w >= window);
+        unspent.entry((user.clone(), window)).or_default().clone()
+    }
+}
+
+/// Tokens per lease: a twentieth of the budget (at most 100), so small budgets stay exact
+/// (a budget under 40 leases one token at a time) and a user spread over several replicas
+/// loses at most one lease per replica to leftovers.
+pub fn lease_size(max_per_window: i64) -> u64 {
+    (max_per_window / 20).clamp(1, 100) as u64
+}
+
 /// Counts one command against the user's budget for the current window, shared by every
-/// ingress replica through the rate stream. Recreates the stream if it is gone (a NATS that lost
-/// its store), so ingress heals itself instead of refusing forever.
+/// ingress replica through the rate stream (in leases of [`lease_size`] tokens). Recreates the
+/// stream if it is gone (a NATS that lost its store), so ingress heals itself instead of
+/// refusing forever.
 pub async fn admit(
     js: &jetstream::Context,
     subjects: &Subjects,
     user: &crate::ids::UserId,
     settings: &Settings,
+    leases: &RateLeases,
 ) -> Result<Admission, String> {
     let window_secs = settings.limits.rate_window_secs.max(1);
     let now = chrono::Utc::now().timestamp().max(0) as u64;
     let window = now / window_secs;
+    let slot = leases.slot(user, window);
+    let mut unspent = slot.lock().await;
+    if *unspent > 0 {
+        *unspent -= 1;
+        return Ok(Admission::Allowed);
+    }
     for attempt in 0..2 {
         let ack = js
             .publish(subjects.rate(user, window), bytes::Bytes::new())
@@ -86,7 +135,10 @@ pub async fn admit(
             .map_err(|e| format!("rate check: {e}"))?
             .await;
         match ack {
-            Ok(_) => return Ok(Admission::Allowed),
+            Ok(_) => {
+                *unspent = lease_size(settings.limits.rate_max_per_window) - 1;
+                return Ok(Admission::Allowed);
+            }
             Err(e) if is_per_subject_limit(&e) => {
                 return Ok(Admission::Limited {
                     retry_after_secs: (window + 1) * window_secs - now,
@@ -119,4 +171,33 @@ pub fn accepted_body(envelope: &CommandEnvelope) -> serde_json::Map<String, serd
     body.insert("commandId".into(), envelope.command_id.to_string().into());
     body.insert("status".into(), serde_json::json!(CommandStatus::Accepted));
     body
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+    use crate::ids::UserId;
+
+    #[test]
+    fn small_budgets_lease_one_token_at_a_time() {
+        assert_eq!(lease_size(5), 1);
+        assert_eq!(lease_size(39), 1);
+        assert_eq!(lease_size(120), 6);
+        assert_eq!(lease_size(1_000_000_000), 100);
+    }
+
+    #[test]
+    fn each_user_and_window_has_its_own_tokens_and_old_windows_go() {
+        let leases = RateLeases::default();
+        let alice = UserId::parse("alice").unwrap();
+        let bob = UserId::parse("bob").unwrap();
+        let a7 = leases.slot(&alice, 7);
+        assert!(std::sync::Arc::ptr_eq(&a7, &leases.slot(&alice, 7)));
+        assert!(!std::sync::Arc::ptr_eq(&a7, &leases.slot(&bob, 7)));
+        assert!(!std::sync::Arc::ptr_eq(&a7, &leases.slot(&alice, 8)));
+        assert!(
+            !std::sync::Arc::ptr_eq(&a7, &leases.slot(&alice, 7)),
+            "window 8 dropped window 7's tokens"
+        );
+    }
 }

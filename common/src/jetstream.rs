@@ -83,7 +83,9 @@ pub fn rate_stream_config(settings: &Settings, subjects: &Subjects) -> stream::C
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::New,
         discard_new_per_subject: true,
-        max_messages_per_subject: settings.limits.rate_max_per_window,
+        // One message is a lease of several tokens (see `ingress::lease_size`).
+        max_messages_per_subject: settings.limits.rate_max_per_window
+            / crate::ingress::lease_size(settings.limits.rate_max_per_window) as i64,
         max_age: window * 2,
         duplicate_window: window,
         num_replicas: settings.jetstream.replicas,

@@ -114,7 +114,15 @@ async fn submit(fanout: &Fanout, caller: &Caller, op: Operation, body: Value) ->
         Ok(envelope) => envelope,
         Err(e) => return problem(&e),
     };
-    match ingress::admit(&fanout.js, &fanout.subjects, &caller.user, &fanout.settings).await {
+    match ingress::admit(
+        &fanout.js,
+        &fanout.subjects,
+        &caller.user,
+        &fanout.settings,
+        &fanout.rate_leases,
+    )
+    .await
+    {
         Ok(ingress::Admission::Allowed) => {}
         Ok(ingress::Admission::Limited { retry_after_secs }) => {
             return json!({"error": {"status": 429, "code": "rate_limited", "retryAfter": retry_after_secs}});

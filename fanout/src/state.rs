@@ -21,6 +21,8 @@ pub struct Fanout {
     pub keys: TokenKeys,
     /// One feed per conversation some local socket joined.
     pub feeds: Feeds,
+    /// Rate-budget tokens this replica leased and has not spent.
+    pub rate_leases: allo_common::ingress::RateLeases,
 }
 
 /// The Socket.IO room of every moderator's sockets.
@@ -44,6 +46,7 @@ impl Fanout {
         Self {
             keys: TokenKeys::from_secret(&settings.jwt_secret),
             js: async_nats::jetstream::new(nats.clone()),
+            rate_leases: Default::default(),
             subjects,
             settings,
             db,

@@ -179,7 +179,9 @@ impl Worker {
                 }
             }
         }
-        self.publish_outcome(applied.outcome()).await;
+        if envelope.reply_outcome {
+            self.publish_outcome(applied.outcome()).await;
+        }
         if let Applied::Rejected { outcome } = applied {
             let notice = UserNotice {
                 kind: "error".into(),

@@ -168,6 +168,7 @@ impl Scheduler {
                 roles: Vec::new(),
                 at: Utc::now(),
                 command: Command::SendMessage(send.clone()),
+                reply_outcome: false,
             };
             sqlx::query("SAVEPOINT dispatch").execute(&mut *tx).await?;
             let mut unit = Unit::new(&mut tx, &envelope, &settings.limits);
@@ -242,6 +243,7 @@ impl Scheduler {
                     conversation_id: *conversation,
                     message_id: *message,
                 }),
+                reply_outcome: false,
             };
             let mut unit = Unit::new(&mut tx, &envelope, &settings.limits);
             let erased = erase(

@@ -51,7 +51,8 @@ pub async fn handler(
         .ok_or_else(|| RequestError::UnknownOperation(operation.clone()))?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| RequestError::Malformed(e.to_string()))?;
-    let envelope = ingress::envelope(&caller, op, value, command_id, limits)?;
+    let mut envelope = ingress::envelope(&caller, op, value, command_id, limits)?;
+    envelope.reply_outcome = wait.is_some();
     // Subscribe before publishing so a fast worker's outcome cannot slip past us.
     let outcomes = match wait {
         Some(_) => Some(
@@ -63,7 +64,15 @@ pub async fn handler(
         ),
         None => None,
     };
-    match ingress::admit(&state.js, &state.subjects, &caller.user, &state.settings).await {
+    match ingress::admit(
+        &state.js,
+        &state.subjects,
+        &caller.user,
+        &state.settings,
+        &state.rate_leases,
+    )
+    .await
+    {
         Ok(ingress::Admission::Allowed) => {}
         Ok(ingress::Admission::Limited { retry_after_secs }) => {
             return Err(ApiError::RateLimited { retry_after_secs });
