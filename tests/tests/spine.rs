@@ -101,7 +101,8 @@ async fn a_message_travels_from_http_to_a_real_socket_io_client() {
 }
 
 /// Every class of bad input gets problem+json naming the field, and nothing reaches the
-/// broker or the database. No worker runs, so anything published would stay in the stream.
+/// broker or the database. No worker runs at first, so the stream's sequence counts anything
+/// published; a worker started at the end would store it.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_and_nothing_is_published_or_stored() {
     let stack = Stack::start(StackOptions {
@@ -282,12 +283,19 @@ async fn bad_input_is_refused_and_nothing_is_published_or_stored() {
     }
 
     assert_eq!(
-        stack.pending_commands().await,
+        stack.commands_published().await,
         0,
         "a refused request reached the broker"
     );
-    assert_eq!(stack.count("SELECT count(*) FROM commands").await, 0);
-    assert_eq!(stack.count("SELECT count(*) FROM conversations").await, 0);
+    // A worker now drains whatever the stream holds; one valid command shows it would have
+    // stored anything a refused request had slipped in.
+    let mut stack = stack;
+    stack.start_worker().await;
+    stack.create_conversation("alice", "group", &["bob"]).await;
+    assert_eq!(stack.commands_published().await, 1);
+    assert_eq!(stack.pending_commands().await, 0);
+    assert_eq!(stack.count("SELECT count(*) FROM commands").await, 1);
+    assert_eq!(stack.count("SELECT count(*) FROM conversations").await, 1);
     assert_eq!(stack.count("SELECT count(*) FROM messages").await, 0);
 }
 
@@ -324,7 +332,7 @@ async fn missing_expired_and_forged_tokens_get_401() {
         let refused = SocketClient::connect(&stack.fanout_url, token.unwrap_or("")).await;
         assert!(refused.is_err(), "socket accepted token {token:?}");
     }
-    assert_eq!(stack.pending_commands().await, 0);
+    assert_eq!(stack.commands_published().await, 0);
 }
 
 /// Authorization is the worker's, against Postgres: a stranger's send is rejected with a
@@ -646,8 +654,9 @@ async fn redelivery_after_a_crash_between_commit_and_ack_has_no_second_effect() 
     assert_eq!(outcome["status"], "committed");
 }
 
-/// Five users send 40 messages each, all at once, through two worker processes: the
-/// conversation's seqs are exactly 1..=201, and a listening client gets every message once.
+/// Five users send 40 messages each, all at once, through two worker processes that both
+/// apply some of them: the conversation's seqs are exactly 1..=201, and a listening client gets
+/// every message once.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_senders_through_two_workers_get_gap_free_seqs() {
     let stack = Stack::start(StackOptions {
@@ -723,6 +732,16 @@ async fn concurrent_senders_through_two_workers_get_gap_free_seqs() {
         .collect();
     assert_eq!(page, (2..=101).collect::<Vec<_>>());
     assert_eq!(history.body["next"], json!({"after": 101}));
+    // Both processes took part, or this proved nothing about two workers racing.
+    let (first, second) = (
+        stack.committed_by("worker-0", "sendMessage").await,
+        stack.committed_by("worker-1", "sendMessage").await,
+    );
+    assert!(
+        first > 0 && second > 0,
+        "one worker applied everything: {first} + {second}"
+    );
+    assert_eq!(first + second, total as u64);
 }
 
 /// Streams and consumers are named from ALLO_SUBJECT_PREFIX, and provisioning twice (a second
@@ -781,16 +800,15 @@ async fn jetstream_is_provisioned_per_prefix_and_idempotently() {
     );
 }
 
-/// A command that fails on every delivery (here: its worker "crashes" twice) is set aside on
-/// the next one and marked rejected; an undecodable one is set aside at once. Neither stays
-/// in the stream.
+/// A command whose apply fails on every delivery (a trigger refuses its row) takes the real
+/// path: the worker NAKs it with a delay, JetStream redelivers it, and after `max_deliver`
+/// deliveries the worker dead-letters it and marks it rejected. An undecodable command is set
+/// aside at once. Neither stays in the stream, and the conversation is not blocked.
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_that_keep_failing_are_dead_lettered_with_a_readable_status() {
     let max_deliver = 2;
-    let mut stack = Stack::start(StackOptions {
-        workers: 0,
+    let stack = Stack::start(StackOptions {
         fanout: false,
-        ack_wait_secs: 1,
         env: vec![(
             "ALLO_JETSTREAM__MAX_DELIVER".into(),
             max_deliver.to_string(),
@@ -798,40 +816,27 @@ async fn commands_that_keep_failing_are_dead_lettered_with_a_readable_status() {
         ..Default::default()
     })
     .await;
+    let conversation = stack.create_conversation("alice", "group", &["bob"]).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION doom() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.body = 'doomed' THEN RAISE EXCEPTION 'doomed by the test'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER doom BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION doom();",
+    )
+    .execute(&stack.db)
+    .await
+    .expect("trigger");
     let alice = stack.token("alice");
     let sent = stack
         .post(
             &alice,
             "sendMessage",
-            json!({"conversationID": uuid::Uuid::now_v7(), "message": "doomed"}),
+            json!({"conversationID": conversation, "message": "doomed"}),
         )
         .await;
     assert_eq!(sent.status, 202);
     let command_id = sent.body["commandId"].as_str().unwrap().to_string();
-
-    let js = async_nats::jetstream::new(stack.nats.clone());
     let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(subjects.command_stream())
-        .await
-        .unwrap()
-        .get_consumer("messages")
-        .await
-        .unwrap();
-    for delivery in 1..=max_deliver {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await
-            .unwrap();
-        let msg = batch.next().await.expect("a delivery").expect("a message");
-        assert_eq!(msg.info().unwrap().delivered, delivery);
-        msg.ack_with(async_nats::jetstream::AckKind::Nak(None))
-            .await
-            .unwrap();
-    }
+    let js = async_nats::jetstream::new(stack.nats.clone());
     let poison_id = uuid::Uuid::now_v7();
     js.publish(
         format!("{}.cmd.messages.sendMessage.{poison_id}", subjects.prefix()),
@@ -842,28 +847,51 @@ async fn commands_that_keep_failing_are_dead_lettered_with_a_readable_status() {
     .await
     .unwrap();
 
-    stack.start_worker().await;
     let outcome = stack.outcome(&alice, &command_id).await;
-    assert_eq!(outcome["status"], "rejected");
-    assert_eq!(outcome["code"], "dead_lettered");
-    for _ in 0..100 {
-        if stack.count("SELECT count(*) FROM dead_letters").await == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let parked: Vec<(uuid::Uuid,)> =
-        sqlx::query_as("SELECT command_id FROM dead_letters ORDER BY at")
+    assert_eq!(outcome["status"], "rejected", "{outcome}");
+    assert_eq!(outcome["code"], "dead_lettered", "{outcome}");
+    stack
+        .wait_count(
+            "SELECT count(*) FROM dead_letters",
+            2,
+            Duration::from_secs(10),
+        )
+        .await;
+    let parked: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT command_id, deliveries::bigint FROM dead_letters ORDER BY at")
             .fetch_all(&stack.db)
             .await
             .unwrap();
-    let parked: BTreeSet<String> = parked.into_iter().map(|(id,)| id.to_string()).collect();
+    let parked: BTreeSet<(String, i64)> = parked
+        .into_iter()
+        .map(|(id, n)| (id.to_string(), n))
+        .collect();
+    // The failing command was delivered max_deliver times and set aside on the next delivery.
     assert_eq!(
         parked,
-        BTreeSet::from([command_id.clone(), poison_id.to_string()])
+        BTreeSet::from([
+            (command_id.clone(), max_deliver as i64 + 1),
+            (poison_id.to_string(), 1)
+        ])
+    );
+    // The worker really tried (and NAKed) each delivery: it logged each failure.
+    let log = stack.log("worker-0");
+    assert_eq!(
+        log.matches("command failed; will be redelivered").count(),
+        max_deliver as usize,
+        "{log}"
     );
     assert_eq!(stack.pending_commands().await, 0);
     assert_eq!(stack.count("SELECT count(*) FROM messages").await, 0);
+    // The conversation goes on.
+    stack
+        .act(
+            "alice",
+            "sendMessage",
+            json!({"conversationID": conversation, "message": "still here"}),
+        )
+        .await;
+    assert_eq!(stack.count("SELECT count(*) FROM messages").await, 1);
 }
 
 /// SIGTERM: the fan-out closes its sockets and exits; the API exits; neither hangs.
@@ -918,7 +946,7 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
     }
     let mut socket = stack.socket("alice").await;
     for i in 2..4 {
-        assert!(socket.emit("sendMessage", send(i)).await["commandId"].is_string());
+        socket.command("sendMessage", send(i)).await;
     }
     let limited = stack
         .post(&stack.token("alice"), "sendMessage", send(9))
@@ -931,8 +959,14 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
         .parse()
         .unwrap();
     assert!((1..=3600).contains(&retry));
+    assert_eq!(limited.body["code"], "rate_limited", "{:?}", limited.body);
     let over_socket = socket.emit("sendMessage", send(10)).await;
-    assert_eq!(over_socket["error"]["status"], 429);
+    assert_eq!(over_socket["error"]["status"], 429, "{over_socket}");
+    assert_eq!(
+        over_socket["error"]["code"], "rate_limited",
+        "{over_socket}"
+    );
+    assert!(over_socket.get("commandId").is_none());
     assert_eq!(
         stack
             .post(&stack.token("bob"), "sendMessage", send(11))
@@ -940,14 +974,20 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
             .status,
         202
     );
+    // The stream's sequence counts every command ingress published: alice's five and bob's one.
+    assert_eq!(
+        stack.commands_published().await,
+        6,
+        "a limited command was published"
+    );
     stack
         .wait_count("SELECT count(*) FROM messages", 5, Duration::from_secs(10))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        stack.count("SELECT count(*) FROM messages").await,
-        5,
-        "a limited command was applied"
+        stack
+            .count("SELECT count(*) FROM messages WHERE body IN ('n9', 'n10')")
+            .await,
+        0
     );
 }
 
@@ -955,15 +995,7 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
 /// address, count what happened.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_what_happened() {
-    let port = allo_e2e::free_port();
-    let stack = Stack::start(StackOptions {
-        env: vec![(
-            "ALLO_WORKER__METRICS_ADDR".into(),
-            format!("127.0.0.1:{port}"),
-        )],
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::start(StackOptions::default()).await;
     let conv = stack.create_conversation("alice", "group", &["bob"]).await;
     let mut bob = stack.socket("bob").await;
     bob.join(&conv).await;
@@ -986,7 +1018,7 @@ async fn metrics_count_what_happened() {
         api.contains("allo_commands_accepted_total{operation=\"sendMessage\"} 1"),
         "{api}"
     );
-    let worker = text(format!("http://127.0.0.1:{port}/metrics")).await;
+    let worker = stack.metrics_of("worker-0").await.expect("worker metrics");
     assert!(
         worker.contains(
             "allo_commands_applied_total{operation=\"sendMessage\",outcome=\"committed\"} 1"
