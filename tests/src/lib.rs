@@ -696,6 +696,22 @@ impl Stack {
         }
     }
 
+    /// Polls `sql` (a count) until it is at least `want`; panics after `within`.
+    pub async fn wait_count_at_least(&self, sql: &'static str, want: i64, within: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.count(sql).await;
+            if n >= want {
+                return n;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sql}: {n}, not {want}, after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn socket_with_roles(&self, user: &str, roles: &[&str]) -> SocketClient {
         SocketClient::connect(&self.fanout_url, &self.token_with_roles(user, roles))
             .await
