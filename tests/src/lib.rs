@@ -141,6 +141,37 @@ impl Reply {
     }
 }
 
+/// Asserts a refusal as a client sees it: this status, `application/problem+json` whose
+/// `status` agrees, and a non-empty `code`; returns the reply for further checks (field, ...).
+#[track_caller]
+pub fn assert_problem(reply: Reply, status: u16) -> Reply {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(
+        reply.content_type(),
+        "application/problem+json",
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.body["status"], status, "{:?}", reply.body);
+    assert!(
+        reply.body["code"].as_str().is_some_and(|c| !c.is_empty()),
+        "no code: {:?}",
+        reply.body
+    );
+    reply
+}
+
+/// A worker's refusal as [`Stack::refused`] checked it: (status, code, commandId).
+#[derive(Debug)]
+pub struct Refusal(pub u16, pub String, pub String);
+
+impl Refusal {
+    /// Asserts the status and the code together.
+    pub fn is(&self, status: u16, code: &str) {
+        assert_eq!((self.0, self.1.as_str()), (status, code), "{self:?}");
+    }
+}
+
 /// One isolated deployment of Allo: own database, own subject prefix, own ports.
 pub struct Stack {
     pub settings: Settings,
@@ -593,23 +624,56 @@ impl Stack {
         reply.body["result"].clone()
     }
 
-    /// Runs a command that the worker must refuse; returns (status, code, commandId).
-    pub async fn refused(&self, user: &str, op: &str, body: Value) -> (u16, String, String) {
-        let reply = self.post_wait(&self.token(user), op, body.clone()).await;
+    /// Runs a command that the worker must refuse; returns (status, code, commandId). Whatever
+    /// the caller checks next, this already holds: the answer is problem+json with a known
+    /// domain code whose status it carries, the command is recorded as rejected with that code
+    /// (readable by its sender), and it left no event behind.
+    pub async fn refused(&self, user: &str, op: &str, body: Value) -> Refusal {
+        let token = self.token(user);
+        let reply = self.post_wait(&token, op, body.clone()).await;
         assert_eq!(
             reply.content_type(),
             "application/problem+json",
-            "{user} {op} {body}: {:?}",
+            "{user} {op} {body}: {} {:?}",
+            reply.status,
             reply.body
         );
-        (
+        let code = reply.body["code"].as_str().unwrap_or_default().to_string();
+        let known = allo_common::error::ErrorCode::parse(&code)
+            .unwrap_or_else(|| panic!("{user} {op}: unknown code in {:?}", reply.body));
+        assert_eq!(
             reply.status,
-            reply.body["code"].as_str().unwrap_or_default().to_string(),
-            reply.body["commandId"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
+            known.http_status(),
+            "{user} {op}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.body["status"], reply.status, "{:?}", reply.body);
+        let command_id = reply.body["commandId"]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!(
+                    "{user} {op}: a worker refusal names its command: {:?}",
+                    reply.body
+                )
+            })
+            .to_string();
+        let stored = self
+            .get(Some(&token), &format!("/api/commands/{command_id}"))
+            .await;
+        assert_eq!(
+            (stored.body["status"].as_str(), stored.body["code"].as_str()),
+            (Some("rejected"), Some(code.as_str())),
+            "{user} {op}: {:?}",
+            stored.body
+        );
+        let id = uuid::Uuid::parse_str(&command_id).expect("command id");
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE command_id = $1")
+            .bind(id)
+            .fetch_one(&self.db)
+            .await
+            .expect("events of the command");
+        assert_eq!(events, 0, "{user} {op}: a refused command left events");
+        Refusal(reply.status, code, command_id)
     }
 
     /// Polls `GET /api/commands/{id}` until the command is no longer `accepted`.

@@ -368,41 +368,37 @@ async fn only_participants_act_read_and_listen() {
     assert_eq!(error["commandId"], command_id.as_str());
     assert_eq!(error["code"], "not_participant");
     // Someone else's command is not there for alice to read.
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(
                 Some(&stack.token("alice")),
-                &format!("/api/commands/{command_id}")
+                &format!("/api/commands/{command_id}"),
             )
-            .await
-            .status,
-        404
+            .await,
+        404,
     );
 
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(
                 Some(&carol),
-                &format!("/api/conversations/{group}/messages")
+                &format!("/api/conversations/{group}/messages"),
             )
-            .await
-            .status,
-        403
+            .await,
+        403,
     );
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(Some(&carol), &format!("/api/conversations/{group}"))
-            .await
-            .status,
-        403
+            .await,
+        403,
     );
     let missing = uuid::Uuid::now_v7();
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(Some(&carol), &format!("/api/conversations/{missing}"))
-            .await
-            .status,
-        404
+            .await,
+        404,
     );
     let ack = carol_socket
         .emit("joinConversation", json!({"conversationID": group}))
