@@ -324,6 +324,12 @@ impl Stack {
         self.children.insert(name.to_string(), child);
     }
 
+    /// Starts the API (again, after `terminate("api")`) and waits until it is ready.
+    pub async fn start_api(&mut self) {
+        self.spawn("api", &binaries().join("allo-api"), &[]);
+        self.wait_ready(&self.api_url.clone()).await;
+    }
+
     /// Starts one more `allo-workers` process (all pools) and waits until its consumers exist.
     pub async fn start_worker(&mut self) -> String {
         self.start_worker_with(&[]).await
@@ -508,15 +514,25 @@ impl Stack {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
     pub async fn terminate(&mut self, name: &str) -> bool {
+        self.signal(name, "TERM");
+        self.wait_exit(name, Duration::from_secs(20)).await
+    }
+
+    /// Sends `signal` (`TERM`, `STOP`, ...) to process `name` without waiting.
+    pub fn signal(&self, name: &str, signal: &str) {
+        if let Some(pid) = self.children.get(name).and_then(Child::id) {
+            let _ = std::process::Command::new("kill")
+                .args([format!("-{signal}"), pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for process `name` to exit; returns whether it exited successfully in time.
+    pub async fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
         let Some(mut child) = self.children.remove(name) else {
             return false;
         };
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        let exited = tokio::time::timeout(within, child.wait()).await;
         matches!(exited, Ok(Ok(s)) if s.success())
     }
 
@@ -847,6 +863,10 @@ impl Drop for Stack {
                 let js = async_nats::jetstream::new(nats);
                 let _ = js.delete_stream(subjects.command_stream()).await;
                 let _ = js.delete_stream(subjects.event_stream()).await;
+                let _ = js.delete_stream(subjects.rate_stream()).await;
+                let _ = js
+                    .delete_stream(allo_common::ingress::idempotency_stream(&subjects))
+                    .await;
             });
         });
         let _ = cleanup.join();

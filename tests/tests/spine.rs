@@ -466,7 +466,8 @@ async fn only_participants_act_read_and_listen() {
     );
 }
 
-/// The same Idempotency-Key from the same user is the same command: same ids, one message.
+/// The same Idempotency-Key from the same user is the same command: same ids, one message; the
+/// same key with another body is refused with 422 `idempotency_key_reused`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retried_request_creates_nothing_twice() {
     let stack = Stack::start(StackOptions {
@@ -514,7 +515,7 @@ async fn a_retried_request_creates_nothing_twice() {
         .await;
     assert_ne!(other.body["commandId"], first.body["commandId"]);
     let bobs = stack
-        .post_raw(Some(&stack.token("bob")), "sendMessage", body, &key)
+        .post_raw(Some(&stack.token("bob")), "sendMessage", body.clone(), &key)
         .await;
     assert_ne!(bobs.body["commandId"], first.body["commandId"]);
     stack
@@ -533,6 +534,65 @@ async fn a_retried_request_creates_nothing_twice() {
             .await
             .unwrap();
     assert_eq!(rows, vec![("exactly once".to_string(), 3)]);
+
+    // The same key with the same JSON in another spelling is still the same request.
+    let respelled =
+        format!("{{ \"message\":\"exactly once\",  \"conversationID\":\"{conversation}\" }}");
+    let again = stack
+        .post_raw(Some(&alice), "sendMessage", respelled, &key)
+        .await;
+    assert_eq!(again.status, 202, "{:?}", again.body);
+    assert_eq!(again.body["commandId"], first.body["commandId"]);
+    // The same key with another body is refused, not answered with the first command; also
+    // after an API restart (the key's fingerprint is kept in JetStream, not in the process).
+    let mut stack = stack;
+    let published = stack.commands_published().await;
+    for restart in [false, true] {
+        if restart {
+            assert!(stack.terminate("api").await, "api did not stop cleanly");
+            stack.start_api().await;
+        }
+        let other_body =
+            json!({"conversationID": conversation, "message": "something else"}).to_string();
+        let reused = stack
+            .post_raw(Some(&alice), "sendMessage", other_body, &key)
+            .await;
+        let reused = allo_e2e::assert_problem(reused, 422);
+        assert_eq!(
+            (reused.body["code"].as_str(), reused.body["field"].as_str()),
+            (Some("idempotency_key_reused"), Some("Idempotency-Key")),
+            "{:?}",
+            reused.body
+        );
+        assert!(reused.body.get("commandId").is_none());
+        let other_op = stack
+            .post_raw(
+                Some(&alice),
+                "editMessage",
+                json!({"conversationID": conversation, "messageId": first.body["messageId"], "newMessage": "x"})
+                    .to_string(),
+                &key,
+            )
+            .await;
+        assert_eq!(
+            allo_e2e::assert_problem(other_op, 422).body["code"],
+            "idempotency_key_reused"
+        );
+    }
+    assert_eq!(
+        stack.commands_published().await,
+        published,
+        "a reused key published a command"
+    );
+    let replay = stack
+        .post_raw(Some(&alice), "sendMessage", body.clone(), &key)
+        .await;
+    assert_eq!(
+        replay.status, 202,
+        "the first body is still welcome: {:?}",
+        replay.body
+    );
+    assert_eq!(replay.body["commandId"], first.body["commandId"]);
     assert_eq!(
         stack
             .count("SELECT count(*) FROM events WHERE type = 'message'")
@@ -1024,4 +1084,386 @@ async fn metrics_count_what_happened() {
     let fanout = text(format!("{}/metrics", stack.fanout_url)).await;
     assert!(fanout.contains("allo_events_delivered_total 1"), "{fanout}");
     assert!(fanout.contains("allo_sockets_connected 1"), "{fanout}");
+}
+
+/// `Prefer: wait` gives up after the time asked for and answers 202 like a plain POST; the
+/// command is still applied once a worker runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn prefer_wait_times_out_to_202() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    let alice = stack.token("alice");
+    let started = std::time::Instant::now();
+    let reply = stack
+        .post_raw(
+            Some(&alice),
+            "createConversation",
+            json!({"participants": ["bob"], "type": "group"}).to_string(),
+            &[("prefer", "wait=1")],
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "accepted");
+    let command_id = reply.body["commandId"].as_str().unwrap().to_string();
+    assert_eq!(
+        reply.headers["location"],
+        format!("/api/commands/{command_id}").as_str()
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "waited {waited:?} for a 1 s wait"
+    );
+    stack.start_worker().await;
+    assert_eq!(
+        stack.outcome(&alice, &command_id).await["status"],
+        "committed"
+    );
+}
+
+/// JWT edge cases: a token without `exp` or `sub`, `alg: none`, another algorithm with the
+/// right secret, and expiry just inside and just outside the 5 s leeway.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_edge_cases_are_refused() {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let secret = stack.settings.jwt_secret.clone();
+    let now = chrono::Utc::now().timestamp();
+    let sign = |alg: Algorithm, claims: serde_json::Value| {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("token")
+    };
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(json!({"sub": "alice", "exp": now + 3600}))
+    );
+    let refused = [
+        ("no exp", sign(Algorithm::HS256, json!({"sub": "alice"}))),
+        ("no sub", sign(Algorithm::HS256, json!({"exp": now + 3600}))),
+        ("alg none", unsigned),
+        (
+            "HS512",
+            sign(Algorithm::HS512, json!({"sub": "alice", "exp": now + 3600})),
+        ),
+        (
+            "HS384",
+            sign(Algorithm::HS384, json!({"sub": "alice", "exp": now + 3600})),
+        ),
+        (
+            "expired past the leeway",
+            sign(Algorithm::HS256, json!({"sub": "alice", "exp": now - 30})),
+        ),
+    ];
+    for (what, token) in &refused {
+        let reply = stack.get(Some(token), "/api/conversations").await;
+        let reply = allo_e2e::assert_problem(reply, 401);
+        assert_eq!(reply.headers["www-authenticate"], "Bearer", "{what}");
+        assert!(
+            SocketClient::connect(&stack.fanout_url, token)
+                .await
+                .is_err(),
+            "socket accepted a token with {what}"
+        );
+    }
+    // Inside the leeway (a few seconds of clock skew) the token still works.
+    let skewed = sign(Algorithm::HS256, json!({"sub": "alice", "exp": now - 2}));
+    let reply = stack.get(Some(&skewed), "/api/conversations").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let fresh = sign(Algorithm::HS256, json!({"sub": "alice", "exp": now + 60}));
+    assert_eq!(
+        stack.get(Some(&fresh), "/api/conversations").await.status,
+        200
+    );
+    assert_eq!(stack.commands_published().await, 0);
+}
+
+/// A non-participant can read none of a conversation's parts: one message, pins, the event
+/// log, a poll; a missing conversation is 404, not 403 (no oracle beyond that).
+#[tokio::test(flavor = "multi_thread")]
+async fn non_participants_read_no_message_pin_event_or_poll() {
+    let stack = Stack::start(StackOptions {
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    let m = allo_e2e::id(
+        &stack
+            .act(
+                "alice",
+                "sendMessage",
+                json!({"conversationID": conv, "message": "members only"}),
+            )
+            .await,
+        "messageId",
+    );
+    stack
+        .act(
+            "alice",
+            "pinMessage",
+            json!({"conversationID": conv, "messageId": m, "pin": true}),
+        )
+        .await;
+    let poll = allo_e2e::id(
+        &stack
+            .act(
+                "alice",
+                "createPoll",
+                json!({"conversationID": conv, "question": "Q?", "options": ["a", "b"]}),
+            )
+            .await,
+        "messageId",
+    );
+    let paths = [
+        format!("/api/conversations/{conv}/messages/{m}"),
+        format!("/api/conversations/{conv}/pins"),
+        format!("/api/conversations/{conv}/events?after=0"),
+        format!("/api/conversations/{conv}/polls/{poll}"),
+    ];
+    let (bob, carol) = (stack.token("bob"), stack.token("carol"));
+    for path in &paths {
+        // A member reads it: the refusal below is about carol, not about the path.
+        assert_eq!(stack.get(Some(&bob), path).await.status, 200, "{path}");
+        let reply = allo_e2e::assert_problem(stack.get(Some(&carol), path).await, 403);
+        assert_eq!(reply.body["code"], "not_participant", "{path}");
+        assert!(
+            !reply.body.to_string().contains("members only"),
+            "{path} leaked content"
+        );
+    }
+    let missing = uuid::Uuid::now_v7();
+    let reply = stack
+        .get(
+            Some(&carol),
+            &format!("/api/conversations/{missing}/messages/{m}"),
+        )
+        .await;
+    assert_eq!(
+        allo_e2e::assert_problem(reply, 404).body["code"],
+        "not_found"
+    );
+}
+
+/// Commands that arrive together are applied in one batch; one refused (a non-participant's)
+/// leaves no trace but its rejection, and the others commit with gap-free seqs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_command_in_a_batch_does_not_disturb_the_others() {
+    let mut stack = Stack::start(StackOptions {
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    assert!(stack.terminate("worker-0").await);
+    let mut ids = Vec::new();
+    for (i, user) in ["alice", "bob", "carol", "alice", "bob"].iter().enumerate() {
+        let reply = stack
+            .post(
+                &stack.token(user),
+                "sendMessage",
+                json!({"conversationID": conv, "message": format!("{user} {i}")}),
+            )
+            .await;
+        assert_eq!(reply.status, 202);
+        ids.push((*user, allo_e2e::id(&reply.body, "commandId")));
+    }
+    stack.wait_pending(5, Duration::from_secs(5)).await;
+    stack.start_worker().await;
+    for (user, command) in &ids {
+        let outcome = stack.outcome(&stack.token(user), command).await;
+        if *user == "carol" {
+            assert_eq!(
+                (outcome["status"].as_str(), outcome["code"].as_str()),
+                (Some("rejected"), Some("not_participant"))
+            );
+        } else {
+            assert_eq!(outcome["status"], "committed", "{outcome}");
+        }
+    }
+    let log: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, coalesce(data->>'message', '') FROM events ORDER BY seq")
+            .fetch_all(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        log.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert!(log.iter().all(|(_, text)| !text.starts_with("carol")));
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM messages WHERE author_id = 'carol'")
+            .await,
+        0
+    );
+    assert_eq!(stack.count("SELECT last_seq FROM conversations").await, 5);
+}
+
+/// A batch whose transaction fails as a whole (here a deferred trigger refuses one row at
+/// commit) is settled one command at a time: the others commit, the bad one is retried with a
+/// delay and dead-lettered, and the conversation's seqs stay gap-free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_batch_falls_back_to_one_command_at_a_time() {
+    let mut stack = Stack::start(StackOptions {
+        fanout: false,
+        env: vec![("ALLO_JETSTREAM__MAX_DELIVER".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION doom_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.body = 'fails at commit' THEN RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER doom_at_commit AFTER INSERT ON messages
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION doom_at_commit();",
+    )
+    .execute(&stack.db)
+    .await
+    .expect("trigger");
+    assert!(stack.terminate("worker-0").await);
+    let alice = stack.token("alice");
+    let mut ids = Vec::new();
+    for text in ["one", "two", "fails at commit", "three", "four"] {
+        let reply = stack
+            .post(
+                &alice,
+                "sendMessage",
+                json!({"conversationID": conv, "message": text}),
+            )
+            .await;
+        assert_eq!(reply.status, 202);
+        ids.push((text, allo_e2e::id(&reply.body, "commandId")));
+    }
+    stack.wait_pending(5, Duration::from_secs(5)).await;
+    let worker = stack.start_worker().await;
+    for (text, command) in &ids {
+        let outcome = stack.outcome(&alice, command).await;
+        if *text == "fails at commit" {
+            assert_eq!(
+                (outcome["status"].as_str(), outcome["code"].as_str()),
+                (Some("rejected"), Some("dead_lettered")),
+                "{outcome}"
+            );
+        } else {
+            assert_eq!(outcome["status"], "committed", "{text}: {outcome}");
+        }
+    }
+    assert!(
+        stack
+            .log(&worker)
+            .contains("batch failed; applying one by one"),
+        "the batch did not fall back: {}",
+        stack.log(&worker)
+    );
+    let texts: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT seq, data->>'message' FROM events WHERE type = 'message' ORDER BY seq",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        texts,
+        vec![
+            (2, "one".to_string()),
+            (3, "two".to_string()),
+            (4, "three".to_string()),
+            (5, "four".to_string())
+        ]
+    );
+    assert_eq!(stack.count("SELECT count(*) FROM dead_letters").await, 1);
+    stack.wait_pending(0, Duration::from_secs(5)).await;
+}
+
+/// SIGTERM while commands are in flight: the worker finishes the ones it started, hands back
+/// the ones it holds but has not started (so another process takes them at once, not after
+/// `ack_wait`), and exits cleanly; every command is applied once.
+///
+/// Fails today: the pull loop stops its message stream on shutdown (`take_until`) and the
+/// commands JetStream already delivered into it are dropped without a NAK, so they wait for
+/// `ack_wait` (3 of 60 here). Run with `--ignored` once the worker rewrite hands them back.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "worker bug: delivered-but-unstarted commands are not NAKed on SIGTERM"]
+async fn a_terminated_worker_hands_back_what_it_has_not_started() {
+    let mut stack = Stack::start(StackOptions {
+        fanout: false,
+        ack_wait_secs: 60,
+        env: vec![("ALLO_WORKER__BATCH_SIZE".into(), "4".into())],
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    // Hold the conversation's row lock so the worker's first batches block mid-apply.
+    let mut blocker = stack.db.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
+        .bind(&conv)
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let alice = stack.token("alice");
+    for i in 0..60 {
+        let reply = stack
+            .post(
+                &alice,
+                "sendMessage",
+                json!({"conversationID": conv, "message": format!("m{i}")}),
+            )
+            .await;
+        assert_eq!(reply.status, 202);
+    }
+    // The worker holds more than one batch: some blocked mid-apply, some not started.
+    let js = async_nats::jetstream::new(stack.nats.clone());
+    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let stream = js.get_stream(subjects.command_stream()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut held = 0;
+    while tokio::time::Instant::now() < deadline {
+        held = stream
+            .consumer_info("messages")
+            .await
+            .unwrap()
+            .num_ack_pending;
+        if held > 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(held > 4, "the worker took only {held}");
+    stack.signal("worker-0", "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.rollback().await.expect("unlock");
+    assert!(
+        stack.wait_exit("worker-0", Duration::from_secs(20)).await,
+        "the worker did not exit cleanly"
+    );
+    // Well inside the 60 s ack_wait: what the worker held but had not started came back at once.
+    stack.start_worker().await;
+    stack
+        .wait_count("SELECT count(*) FROM messages", 60, Duration::from_secs(20))
+        .await;
+    let seqs: Vec<(i64,)> = sqlx::query_as("SELECT seq FROM events ORDER BY seq")
+        .fetch_all(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs.into_iter().map(|(s,)| s).collect::<Vec<_>>(),
+        (1..=61).collect::<Vec<_>>()
+    );
+    stack.wait_pending(0, Duration::from_secs(5)).await;
 }
