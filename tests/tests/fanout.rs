@@ -77,6 +77,14 @@ async fn delivery_is_in_order_and_gap_free_while_workers_race() {
         "one worker applied everything: {first} + {second}"
     );
     assert_eq!(first + second, 200);
+    for worker in ["worker-0", "worker-1"] {
+        assert!(
+            !stack
+                .log(worker)
+                .contains("command failed; will be redelivered"),
+            "{worker} had to redeliver a command"
+        );
+    }
 }
 
 /// A client on replica A and one on replica B both get everything; a client resuming with

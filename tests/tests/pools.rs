@@ -119,6 +119,15 @@ async fn poll_tallies_are_exact_under_concurrent_votes() {
         "one polls process applied every vote: {first} + {second}"
     );
     assert_eq!(first + second, 1000);
+    // Votes on one poll serialize on its row lock: none failed and came back.
+    for process in [&polls_a, &polls_b] {
+        assert!(
+            !stack
+                .log(process)
+                .contains("command failed; will be redelivered"),
+            "{process} had to redeliver a vote"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -305,6 +314,18 @@ async fn scheduled_messages_are_sent_once_across_a_killed_scheduler() {
             .await,
         100
     );
+    // No round collided with another process's rows (they are taken FOR UPDATE SKIP LOCKED);
+    // exactly-once must not rest on failed rounds and retries.
+    for scheduler in [&first, &second] {
+        let log = stack.log(scheduler);
+        assert!(
+            !log.contains("round failed"),
+            "{scheduler}: {}",
+            log.lines()
+                .find(|l| l.contains("round failed"))
+                .unwrap_or_default()
+        );
+    }
     // The survivor sent the rest.
     assert!(
         stack

@@ -798,6 +798,18 @@ async fn concurrent_senders_through_two_workers_get_gap_free_seqs() {
         "one worker applied everything: {first} + {second}"
     );
     assert_eq!(first + second, total as u64);
+    // And every command went through on its first delivery: racing on one conversation is
+    // serialized by its row lock, not resolved by failures and redeliveries.
+    for worker in ["worker-0", "worker-1"] {
+        let log = stack.log(worker);
+        assert!(
+            !log.contains("command failed; will be redelivered"),
+            "{worker} had to redeliver: {}",
+            log.lines()
+                .find(|l| l.contains("command failed"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// Streams and consumers are named from ALLO_SUBJECT_PREFIX, and provisioning twice (a second
