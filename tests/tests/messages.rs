@@ -528,7 +528,7 @@ async fn ephemeral_messages_vanish_from_reads_at_expiry() {
         .act(
             "alice",
             "sendEphemeralMessage",
-            json!({"conversationID": conv, "message": "poof", "expiresIn": 1500}),
+            json!({"conversationID": conv, "message": "poof", "expiresIn": 3000}),
         )
         .await;
     let message = id(&sent, "messageId");
@@ -542,7 +542,15 @@ async fn ephemeral_messages_vanish_from_reads_at_expiry() {
         stack.get(Some(&bob), "/api/conversations").await.body[0]["unreadCount"],
         1
     );
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    // Until just past the expiry the server stated (not a fixed sleep racing it).
+    let expires_at: chrono::DateTime<chrono::Utc> = sent["ephemeralExpiresAt"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("ephemeralExpiresAt");
+    let left = (expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(200)).await;
     let history = stack
         .get(Some(&bob), &format!("/api/conversations/{conv}/messages"))
         .await;

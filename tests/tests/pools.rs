@@ -207,10 +207,11 @@ async fn poll_rules() {
         json!([0, 0, 1])
     );
     // A poll with a closing time refuses votes after it.
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-    let timed = stack.act("alice", "createPoll", json!({"conversationID": conv, "question": "Quick?", "options": ["Y", "N"], "closesAt": soon})).await;
+    let closes = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let timed = stack.act("alice", "createPoll", json!({"conversationID": conv, "question": "Quick?", "options": ["Y", "N"], "closesAt": closes.to_rfc3339()})).await;
     let t = id(&timed, "messageId");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let left = (closes - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(200)).await;
     stack
         .refused(
             "bob",
