@@ -22,10 +22,25 @@ log "cargo clippy"
 cargo clippy --all-targets -q -- -D warnings
 log "cargo test"
 # Each end-to-end test starts its own processes; a few at a time suit a 2-core machine.
+# --no-fail-fast: every test binary runs and every failure is reported, not just the first.
 results=$(mktemp)
+trap 'rm -f "$results"; stop_started_services' EXIT
 status=0
-cargo test --workspace --all-targets -- --test-threads "${ALLO_TEST_THREADS:-4}" 2>&1 | tee "$results" || status=$?
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads "${ALLO_TEST_THREADS:-4}" 2>&1 | tee "$results" || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
-grep -E '^test result:' "$results" | awk '{p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}'
-rm -f "$results"
+read -r passed failed < <(grep -E '^test result:' "$results" | awk '{p += $4; f += $6} END {print p + 0, f + 0}')
+echo "tests: $passed passed, $failed failed"
+# A run that executed nothing, or skipped a suite (it did not build, or cargo stopped early),
+# is a failure even when cargo's own status is 0.
+if [ "$passed" -eq 0 ]; then
+  echo "FAIL: no test passed (did any run?)" >&2
+  status=1
+fi
+for suite in tests/tests/*.rs; do
+  name=$(basename "$suite")
+  if ! grep -qE "Running tests/${name} " "$results"; then
+    echo "FAIL: end-to-end suite ${name} did not run" >&2
+    status=1
+  fi
+done
 exit "$status"

@@ -28,6 +28,9 @@ pub enum ApiError {
         message: String,
         command_id: Option<String>,
     },
+    /// The `Idempotency-Key` was first sent with another body.
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
     /// The user's command budget for this window is spent (across all replicas).
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
@@ -139,6 +142,14 @@ impl IntoResponse for ApiError {
                 "Command rejected",
                 message.clone(),
                 None,
+            ),
+            Self::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                "this Idempotency-Key was used with another body; use a new key for a new request"
+                    .to_string(),
+                Some("Idempotency-Key".to_string()),
             ),
             Self::RateLimited { retry_after_secs } => (
                 StatusCode::TOO_MANY_REQUESTS,

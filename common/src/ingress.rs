@@ -165,12 +165,161 @@ fn is_per_subject_limit(e: &jetstream::context::PublishError) -> bool {
         .is_some_and(|js| js.error_code() == PER_SUBJECT_LIMIT)
 }
 
+/// What an `Idempotency-Key` maps to, now that this request claimed it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// First use of the key (or a repeat with the same body): go on, the command id is the
+    /// key's and NATS or the worker drop a repeat.
+    Proceed,
+    /// The key was used for another body: refuse (as payment APIs do), do not answer with the
+    /// first command.
+    Reused,
+}
+
+/// The stream that remembers, per idempotency key (by its command id), the fingerprint of the
+/// first body sent with it: one message per subject, the second refused, kept for the duplicate
+/// window. In JetStream, so every API replica sees it and it survives an API restart.
+pub fn idempotency_stream(subjects: &Subjects) -> String {
+    format!(
+        "{}_IDEM",
+        subjects.prefix().to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+fn idempotency_subject(subjects: &Subjects, command_id: CommandId) -> String {
+    format!("{}.idem.{command_id}", subjects.prefix())
+}
+
+fn idempotency_stream_config(
+    settings: &Settings,
+    subjects: &Subjects,
+) -> jetstream::stream::Config {
+    let window = std::time::Duration::from_secs(settings.jetstream.duplicate_window_secs.max(1));
+    jetstream::stream::Config {
+        name: idempotency_stream(subjects),
+        description: Some("Allo: the body fingerprint first sent with each Idempotency-Key".into()),
+        subjects: vec![format!("{}.idem.*", subjects.prefix())],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        max_messages_per_subject: 1,
+        max_age: window,
+        num_replicas: settings.jetstream.replicas,
+        ..Default::default()
+    }
+}
+
+/// The fingerprint of a request: its operation and its JSON body (object keys sorted, so the
+/// same body spelled in another key order or spacing is the same request).
+pub fn fingerprint(command_id: CommandId, op: Operation, body: &serde_json::Value) -> String {
+    let canonical = format!("{}\n{body}", op.as_str());
+    uuid::Uuid::new_v5(&command_id.0, canonical.as_bytes()).to_string()
+}
+
+/// Claims the key's command id for this fingerprint: the first claim wins (JetStream refuses a
+/// second message on the subject); a later claim proceeds only with the same fingerprint.
+pub async fn claim_idempotency_key(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: &Settings,
+    command_id: CommandId,
+    fingerprint: &str,
+) -> Result<KeyClaim, String> {
+    let subject = idempotency_subject(subjects, command_id);
+    for attempt in 0..2 {
+        let ack = js
+            .publish(subject.clone(), fingerprint.to_string().into())
+            .await
+            .map_err(|e| format!("idempotency key: {e}"))?
+            .await;
+        match ack {
+            Ok(_) => return Ok(KeyClaim::Proceed),
+            Err(e) if is_per_subject_limit(&e) => {
+                let stream = js
+                    .get_stream(idempotency_stream(subjects))
+                    .await
+                    .map_err(|e| format!("idempotency key: {e}"))?;
+                let first = stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .map_err(|e| format!("idempotency key: {e}"))?;
+                return Ok(if first.payload.as_ref() == fingerprint.as_bytes() {
+                    KeyClaim::Proceed
+                } else {
+                    KeyClaim::Reused
+                });
+            }
+            Err(e)
+                if attempt == 0
+                    && e.kind() == jetstream::context::PublishErrorKind::StreamNotFound =>
+            {
+                js.get_or_create_stream(idempotency_stream_config(settings, subjects))
+                    .await
+                    .map_err(|e| format!("idempotency stream: {e}"))?;
+            }
+            Err(e) => return Err(format!("idempotency key: {e}")),
+        }
+    }
+    Err("idempotency key: the stream is unavailable".into())
+}
+
 /// `{commandId, status: "accepted", ...assigned ids}`.
 pub fn accepted_body(envelope: &CommandEnvelope) -> serde_json::Map<String, serde_json::Value> {
     let mut body = envelope.command.assigned_ids();
     body.insert("commandId".into(), envelope.command_id.to_string().into());
     body.insert("status".into(), serde_json::json!(CommandStatus::Accepted));
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_fingerprint_is_the_operation_and_the_json_value() {
+        let id = CommandId::generate();
+        let body: serde_json::Value =
+            serde_json::from_str(r#"{"conversationID": "c", "message": "hi"}"#).unwrap();
+        let reordered: serde_json::Value =
+            serde_json::from_str(r#"{ "message":"hi","conversationID":"c" }"#).unwrap();
+        let same = fingerprint(id, Operation::SendMessage, &body);
+        assert_eq!(same, fingerprint(id, Operation::SendMessage, &reordered));
+        assert_ne!(
+            same,
+            fingerprint(
+                id,
+                Operation::SendMessage,
+                &json!({"conversationID": "c", "message": "hi!"})
+            )
+        );
+        assert_ne!(same, fingerprint(id, Operation::EditMessage, &body));
+        assert_ne!(
+            same,
+            fingerprint(CommandId::generate(), Operation::SendMessage, &body)
+        );
+    }
+
+    #[test]
+    fn the_idempotency_stream_keeps_one_fingerprint_per_key_for_the_window() {
+        let settings = Settings::default();
+        let subjects = Subjects::new("t-x1");
+        let config = idempotency_stream_config(&settings, &subjects);
+        assert_eq!(config.name, "T_X1_IDEM");
+        assert_eq!(config.subjects, vec!["t-x1.idem.*".to_string()]);
+        assert_eq!(config.max_messages_per_subject, 1);
+        assert!(config.discard_new_per_subject);
+        assert_eq!(
+            config.max_age,
+            std::time::Duration::from_secs(settings.jetstream.duplicate_window_secs)
+        );
+        let id = CommandId::generate();
+        assert_eq!(
+            idempotency_subject(&subjects, id),
+            format!("t-x1.idem.{id}")
+        );
+    }
 }
 
 #[cfg(test)]

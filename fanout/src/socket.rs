@@ -360,3 +360,67 @@ async fn on_disconnect(
         .unwrap_or_default();
     fanout.feeds.forget(socket.id, &joined).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "01934c5e-7d2a-7b3c-8d4e-5f6a7b8c9d0e";
+
+    #[test]
+    fn join_takes_an_id_or_an_object_with_a_last_seq() {
+        let id = ConversationId::parse(C).unwrap();
+        assert_eq!(parse_join(&json!(C)), Ok((id, None)));
+        assert_eq!(parse_join(&json!({"conversationID": C})), Ok((id, None)));
+        assert_eq!(
+            parse_join(&json!({"conversationID": C, "lastSeq": null})),
+            Ok((id, None))
+        );
+        assert_eq!(
+            parse_join(&json!({"conversationID": C, "lastSeq": 7})),
+            Ok((id, Some(7)))
+        );
+        assert_eq!(conversation_of(&json!({"conversationID": C})), Some(id));
+    }
+
+    #[test]
+    fn join_refuses_what_it_cannot_resume_from() {
+        for bad in [
+            json!({"conversationID": C, "lastSeq": -1}),
+            json!({"conversationID": C, "lastSeq": 1.5}),
+            json!({"conversationID": C, "lastSeq": "3"}),
+            json!({"conversationID": "not-a-uuid"}),
+            json!({"lastSeq": 3}),
+            json!(42),
+            json!([C]),
+        ] {
+            assert!(parse_join(&bad).is_err(), "{bad}");
+            assert_eq!(conversation_of(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn refusals_over_the_socket_carry_http_status_code_and_field() {
+        let invalid = problem(&RequestError::Invalid {
+            field: "message".into(),
+            message: "must not be empty".into(),
+        });
+        assert_eq!(invalid["error"]["status"], 422);
+        assert_eq!(invalid["error"]["code"], "invalid");
+        assert_eq!(invalid["error"]["field"], "message");
+        assert!(
+            invalid["error"]["detail"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+        );
+        let unknown = problem(&RequestError::UnknownOperation("nope".into()));
+        assert_eq!(
+            (&unknown["error"]["status"], &unknown["error"]["code"]),
+            (&json!(404), &json!("unknown_operation"))
+        );
+        assert_eq!(
+            problem(&RequestError::Forbidden("no".into()))["error"]["status"],
+            403
+        );
+    }
+}

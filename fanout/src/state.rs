@@ -128,3 +128,17 @@ impl Fanout {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_user_has_a_room_of_their_own() {
+        let alice = UserId::parse("alice").unwrap();
+        let bob = UserId::parse("bob").unwrap();
+        assert_eq!(user_room(&alice), "u:alice");
+        assert_ne!(user_room(&alice), user_room(&bob));
+        assert_ne!(user_room(&alice), MODERATORS_ROOM);
+    }
+}

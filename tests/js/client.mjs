@@ -3,7 +3,8 @@
 //   node client.mjs <url> <token>
 //
 // Prints one JSON line per happening: {"kind":"connected"} | {"kind":"connect_error",message}
-// | {"kind":"event",event,data} | {"kind":"ack",id,data} | {"kind":"disconnect",reason}.
+// | {"kind":"event",event,data} | {"kind":"ack",id,data} | {"kind":"ack",id,timeout:true,data}
+// | {"kind":"disconnect",reason}.
 // Reads one JSON line per request on stdin: {"id": n, "emit": "<event>", "data": ...}; the
 // server's acknowledgement comes back as {"kind":"ack","id":n,...}.
 import { io } from "socket.io-client";
@@ -24,8 +25,10 @@ socket.onAny((event, data) => out({ kind: "event", event, data }));
 createInterface({ input: process.stdin }).on("line", (line) => {
   if (!line.trim()) return;
   const { id, emit, data } = JSON.parse(line);
+  // A missing ack is flagged (`timeout: true`), so the test fails instead of reading an
+  // ordinary-looking value.
   socket.timeout(10000).emit(emit, data, (err, reply) =>
-    out({ kind: "ack", id, data: err ? { error: String(err) } : reply }),
+    out(err ? { kind: "ack", id, timeout: true, data: String(err) } : { kind: "ack", id, data: reply }),
   );
 }).on("close", () => {
   socket.close();

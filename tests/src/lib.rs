@@ -141,6 +141,37 @@ impl Reply {
     }
 }
 
+/// Asserts a refusal as a client sees it: this status, `application/problem+json` whose
+/// `status` agrees, and a non-empty `code`; returns the reply for further checks (field, ...).
+#[track_caller]
+pub fn assert_problem(reply: Reply, status: u16) -> Reply {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(
+        reply.content_type(),
+        "application/problem+json",
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.body["status"], status, "{:?}", reply.body);
+    assert!(
+        reply.body["code"].as_str().is_some_and(|c| !c.is_empty()),
+        "no code: {:?}",
+        reply.body
+    );
+    reply
+}
+
+/// A worker's refusal as [`Stack::refused`] checked it: (status, code, commandId).
+#[derive(Debug)]
+pub struct Refusal(pub u16, pub String, pub String);
+
+impl Refusal {
+    /// Asserts the status and the code together.
+    pub fn is(&self, status: u16, code: &str) {
+        assert_eq!((self.0, self.1.as_str()), (status, code), "{self:?}");
+    }
+}
+
 /// One isolated deployment of Allo: own database, own subject prefix, own ports.
 pub struct Stack {
     pub settings: Settings,
@@ -156,6 +187,8 @@ pub struct Stack {
     log_dir: PathBuf,
     env: Vec<(String, String)>,
     next_worker: usize,
+    /// Each worker process's own metrics port, so a test can tell what each one did.
+    worker_metrics: HashMap<String, u16>,
 }
 
 /// A port that is free now, picked at random below Linux's ephemeral range (32768+): a port
@@ -248,6 +281,7 @@ impl Stack {
             log_dir,
             env,
             next_worker: 0,
+            worker_metrics: HashMap::new(),
         };
         // Workers first: they provision the streams and consumers before anything publishes.
         for _ in 0..options.workers {
@@ -290,34 +324,161 @@ impl Stack {
         self.children.insert(name.to_string(), child);
     }
 
+    /// Starts the API (again, after `terminate("api")`) and waits until it is ready.
+    pub async fn start_api(&mut self) {
+        self.spawn("api", &binaries().join("allo-api"), &[]);
+        self.wait_ready(&self.api_url.clone()).await;
+    }
+
     /// Starts one more `allo-workers` process (all pools) and waits until its consumers exist.
     pub async fn start_worker(&mut self) -> String {
         self.start_worker_with(&[]).await
     }
 
-    /// Starts one more `allo-workers` process with these arguments (e.g. `--pool polls`).
+    /// Starts one more `allo-workers` process with these arguments (e.g. `--pool polls`), on a
+    /// metrics port of its own, and waits until it is pulling: each pool it runs has one more
+    /// waiting pull request on its consumer than before (a check the processes already running
+    /// cannot satisfy).
     pub async fn start_worker_with(&mut self, args: &[&str]) -> String {
         let name = format!("worker-{}", self.next_worker);
         self.next_worker += 1;
+        let pools: Vec<String> = match args
+            .windows(2)
+            .filter(|w| w[0] == "--pool")
+            .map(|w| w[1].to_string())
+            .collect::<Vec<_>>()
+        {
+            named if named.is_empty() => ["messages", "scheduler", "reports", "polls"]
+                .map(String::from)
+                .to_vec(),
+            named => named,
+        };
+        let before = self.waiting_pulls(&pools).await;
+        let port = free_port();
         let bin = binaries().join("allo-workers");
-        self.spawn(&name, &bin, args);
-        let js = async_nats::jetstream::new(self.nats.clone());
-        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
-        for _ in 0..200 {
-            if let Ok(mut stream) = js.get_stream(subjects.command_stream()).await
-                && stream.info().await.is_ok()
-                && stream.consumer_info("messages").await.is_ok()
+        self.spawn_with_env(
+            &name,
+            &bin,
+            args,
+            &[(
+                "ALLO_WORKER__METRICS_ADDR".into(),
+                format!("127.0.0.1:{port}"),
+            )],
+        );
+        self.worker_metrics.insert(name.clone(), port);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            let now = self.waiting_pulls(&pools).await;
+            if self.metrics_of(&name).await.is_some() && now.iter().zip(&before).all(|(n, b)| n > b)
             {
-                // The pull loop starts right after provisioning; give it a moment.
-                tokio::time::sleep(Duration::from_millis(200)).await;
                 return name;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "{name} did not provision JetStream; see {}",
+            "{name} did not start pulling {pools:?}; see {}",
             self.log_dir.display()
         );
+    }
+
+    /// Pull requests waiting on each pool's consumer (0 where the stream or consumer is not
+    /// there yet).
+    async fn waiting_pulls(&self, pools: &[String]) -> Vec<usize> {
+        let js = async_nats::jetstream::new(self.nats.clone());
+        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
+        let mut counts = Vec::with_capacity(pools.len());
+        let mut stream = js.get_stream(subjects.command_stream()).await.ok();
+        for pool in pools {
+            let n = match stream.as_mut() {
+                Some(stream) => stream
+                    .consumer_info(pool)
+                    .await
+                    .map(|i| i.num_waiting)
+                    .unwrap_or(0),
+                None => 0,
+            };
+            counts.push(n);
+        }
+        counts
+    }
+
+    /// The Prometheus text of worker `name`, or `None` if it does not answer.
+    pub async fn metrics_of(&self, name: &str) -> Option<String> {
+        let port = self.worker_metrics.get(name)?;
+        let response = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        response.text().await.ok()
+    }
+
+    /// The sum of `metric` over the series whose labels contain every one of `labels`
+    /// (e.g. `operation="votePoll"`), in worker `name`'s metrics. Panics if it does not answer.
+    pub async fn worker_counter(&self, name: &str, metric: &str, labels: &[&str]) -> f64 {
+        let text = self
+            .metrics_of(name)
+            .await
+            .unwrap_or_else(|| panic!("{name} does not answer on its metrics port"));
+        metric_sum(&text, metric, labels)
+    }
+
+    /// Commands of `operation` that worker `name` committed.
+    pub async fn committed_by(&self, name: &str, operation: &str) -> u64 {
+        let op = format!("operation=\"{operation}\"");
+        self.worker_counter(
+            name,
+            "allo_commands_applied_total",
+            &[op.as_str(), "outcome=\"committed\""],
+        )
+        .await as u64
+    }
+
+    /// The log (stdout and stderr) of process `name` so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until `metric` in `text_of()` reaches `want`; panics after `within`.
+    pub async fn wait_metric<F, Fut>(
+        &self,
+        what: &str,
+        want: f64,
+        within: Duration,
+        text_of: F,
+    ) -> f64
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = f64>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = text_of().await;
+            if n >= want {
+                return n;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} reached {n}, not {want}, within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sum of `metric` (series with all `labels`) in the fan-out at `url`.
+    pub async fn fanout_counter(&self, url: &str, metric: &str, labels: &[&str]) -> f64 {
+        let text = self
+            .http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .expect("fan-out metrics")
+            .text()
+            .await
+            .expect("fan-out metrics body");
+        metric_sum(&text, metric, labels)
     }
 
     /// Starts another fan-out replica on its own port; returns (process name, URL).
@@ -353,15 +514,25 @@ impl Stack {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
     pub async fn terminate(&mut self, name: &str) -> bool {
+        self.signal(name, "TERM");
+        self.wait_exit(name, Duration::from_secs(20)).await
+    }
+
+    /// Sends `signal` (`TERM`, `STOP`, ...) to process `name` without waiting.
+    pub fn signal(&self, name: &str, signal: &str) {
+        if let Some(pid) = self.children.get(name).and_then(Child::id) {
+            let _ = std::process::Command::new("kill")
+                .args([format!("-{signal}"), pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for process `name` to exit; returns whether it exited successfully in time.
+    pub async fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
         let Some(mut child) = self.children.remove(name) else {
             return false;
         };
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        let exited = tokio::time::timeout(within, child.wait()).await;
         matches!(exited, Ok(Ok(s)) if s.success())
     }
 
@@ -469,28 +640,62 @@ impl Stack {
         reply.body["result"].clone()
     }
 
-    /// Runs a command that the worker must refuse; returns (status, code, commandId).
-    pub async fn refused(&self, user: &str, op: &str, body: Value) -> (u16, String, String) {
-        let reply = self.post_wait(&self.token(user), op, body.clone()).await;
+    /// Runs a command that the worker must refuse; returns (status, code, commandId). Whatever
+    /// the caller checks next, this already holds: the answer is problem+json with a known
+    /// domain code whose status it carries, the command is recorded as rejected with that code
+    /// (readable by its sender), and it left no event behind.
+    pub async fn refused(&self, user: &str, op: &str, body: Value) -> Refusal {
+        let token = self.token(user);
+        let reply = self.post_wait(&token, op, body.clone()).await;
         assert_eq!(
             reply.content_type(),
             "application/problem+json",
-            "{user} {op} {body}: {:?}",
+            "{user} {op} {body}: {} {:?}",
+            reply.status,
             reply.body
         );
-        (
+        let code = reply.body["code"].as_str().unwrap_or_default().to_string();
+        let known = allo_common::error::ErrorCode::parse(&code)
+            .unwrap_or_else(|| panic!("{user} {op}: unknown code in {:?}", reply.body));
+        assert_eq!(
             reply.status,
-            reply.body["code"].as_str().unwrap_or_default().to_string(),
-            reply.body["commandId"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
+            known.http_status(),
+            "{user} {op}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.body["status"], reply.status, "{:?}", reply.body);
+        let command_id = reply.body["commandId"]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!(
+                    "{user} {op}: a worker refusal names its command: {:?}",
+                    reply.body
+                )
+            })
+            .to_string();
+        let stored = self
+            .get(Some(&token), &format!("/api/commands/{command_id}"))
+            .await;
+        assert_eq!(
+            (stored.body["status"].as_str(), stored.body["code"].as_str()),
+            (Some("rejected"), Some(code.as_str())),
+            "{user} {op}: {:?}",
+            stored.body
+        );
+        let id = uuid::Uuid::parse_str(&command_id).expect("command id");
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE command_id = $1")
+            .bind(id)
+            .fetch_one(&self.db)
+            .await
+            .expect("events of the command");
+        assert_eq!(events, 0, "{user} {op}: a refused command left events");
+        Refusal(reply.status, code, command_id)
     }
 
     /// Polls `GET /api/commands/{id}` until the command is no longer `accepted`.
     pub async fn outcome(&self, token: &str, command_id: &str) -> Value {
-        for _ in 0..300 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
             let reply = self
                 .get(Some(token), &format!("/api/commands/{command_id}"))
                 .await;
@@ -508,13 +713,53 @@ impl Stack {
             .expect("socket connects")
     }
 
-    /// Messages the command stream holds (pending commands).
+    /// Messages the command stream holds (pending commands). Panics if the stream cannot be
+    /// read: "no stream" must not pass for "nothing pending".
     pub async fn pending_commands(&self) -> u64 {
         let js = async_nats::jetstream::new(self.nats.clone());
         let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
-        match js.get_stream(subjects.command_stream()).await {
-            Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
+        let mut stream = js
+            .get_stream(subjects.command_stream())
+            .await
+            .unwrap_or_else(|e| panic!("command stream {}: {e}", subjects.command_stream()));
+        stream
+            .info()
+            .await
+            .expect("command stream info")
+            .state
+            .messages
+    }
+
+    /// Commands ever stored in the command stream (its last sequence): what ingress published,
+    /// whether or not a worker has consumed it since.
+    pub async fn commands_published(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.nats.clone());
+        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
+        let mut stream = js
+            .get_stream(subjects.command_stream())
+            .await
+            .unwrap_or_else(|e| panic!("command stream {}: {e}", subjects.command_stream()));
+        stream
+            .info()
+            .await
+            .expect("command stream info")
+            .state
+            .last_sequence
+    }
+
+    /// Waits until the command stream holds `want` commands; panics after `within`.
+    pub async fn wait_pending(&self, want: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.pending_commands().await;
+            if n == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} commands pending, not {want}, after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -531,6 +776,22 @@ impl Stack {
         }
     }
 
+    /// Polls `sql` (a count) until it is at least `want`; panics after `within`.
+    pub async fn wait_count_at_least(&self, sql: &'static str, want: i64, within: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.count(sql).await;
+            if n >= want {
+                return n;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sql}: {n}, not {want}, after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn socket_with_roles(&self, user: &str, roles: &[&str]) -> SocketClient {
         SocketClient::connect(&self.fanout_url, &self.token_with_roles(user, roles))
             .await
@@ -543,6 +804,20 @@ impl Stack {
             .await
             .expect("count query")
     }
+}
+
+/// The sum of `metric` over the Prometheus series whose labels contain all of `labels`.
+pub fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            (name == metric && labels.iter().all(|l| series.contains(l)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 async fn reply(response: reqwest::Response) -> Reply {
@@ -588,6 +863,10 @@ impl Drop for Stack {
                 let js = async_nats::jetstream::new(nats);
                 let _ = js.delete_stream(subjects.command_stream()).await;
                 let _ = js.delete_stream(subjects.event_stream()).await;
+                let _ = js.delete_stream(subjects.rate_stream()).await;
+                let _ = js
+                    .delete_stream(allo_common::ingress::idempotency_stream(&subjects))
+                    .await;
             });
         });
         let _ = cleanup.join();

@@ -67,7 +67,8 @@ impl SocketClient {
         }
     }
 
-    /// Emits `event` with an ack callback and returns the server's acknowledgement.
+    /// Emits `event` with an ack callback and returns the server's acknowledgement. No ack
+    /// within the client's timeout fails the test (it is never handed back as a value).
     pub async fn emit(&mut self, event: &str, data: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
@@ -82,10 +83,32 @@ impl SocketClient {
                 .expect("ack within 15 s")
                 .expect("client alive");
             if line["kind"] == "ack" && line["id"] == id {
+                assert!(
+                    line["timeout"] != true,
+                    "no ack for `{event}` {data}: {}",
+                    line["data"]
+                );
                 return line["data"].clone();
             }
             self.backlog.push_back(line);
         }
+    }
+
+    /// Emits a command event and asserts the ack accepted it; returns the ack.
+    pub async fn command(&mut self, event: &str, data: Value) -> Value {
+        let ack = self.emit(event, data.clone()).await;
+        assert!(
+            ack["commandId"].is_string()
+                && ack["status"] == "accepted"
+                && ack.get("error").is_none(),
+            "`{event}` {data} not accepted: {ack}"
+        );
+        ack
+    }
+
+    /// The node process (to stop it with SIGSTOP, as a client that stops reading).
+    pub fn pid(&self) -> Option<u32> {
+        self._child.id()
     }
 
     /// Joins a conversation and asserts the server admitted the socket.

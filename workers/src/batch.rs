@@ -90,6 +90,7 @@ impl Worker {
                 Err(e) => {
                     tracing::error!(error = %e, command_id = %envelope.command_id, delivered, "command failed; will be redelivered");
                     let delay = Duration::from_secs(1 << delivered.clamp(0, 5));
+                    self.release(&msg);
                     let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
                 }
             }
@@ -126,6 +127,7 @@ impl Worker {
                 .increment(1);
             metrics::histogram!("allo_command_apply_seconds", "operation" => op).record(elapsed);
             self.announce(&envelope, &applied).await;
+            self.release(&msg);
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, command_id = %envelope.command_id, "ack failed; redelivery will be a no-op");
             }
@@ -145,7 +147,10 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.apply_batch(envelopes, marks).await {
-                Ok(results) => return (results, true),
+                Ok(results) => {
+                    self.set_db_away(false);
+                    return (results, true);
+                }
                 Err(e) if !is_transient(&e) && envelopes.len() > 1 => {
                     tracing::warn!(error = %e, commands = envelopes.len(), "batch failed; applying one by one");
                     metrics::counter!("allo_batch_fallbacks_total").increment(1);
@@ -157,6 +162,7 @@ impl Worker {
                 }
                 Err(e) if !is_transient(&e) => return (vec![Err(e)], false),
                 Err(e) => {
+                    self.set_db_away(true);
                     tracing::warn!(error = %e, commands = envelopes.len(), "batch not applied; retrying");
                     for (msg, _, _) in work {
                         let _ = msg.ack_with(AckKind::Progress).await;
@@ -252,6 +258,7 @@ impl Worker {
         .await;
         match result {
             Ok(()) => {
+                self.release(msg);
                 let _ = msg.ack_with(AckKind::Term).await;
             }
             // Keep the command; a later delivery tries to dead-letter it again.

@@ -5,8 +5,10 @@
 //! So a conversation's commands are applied by one lane in stream order and batches in one
 //! process never wait on each other's conversation locks (see [`crate::batch`] for a batch).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use allo_common::Settings;
@@ -24,6 +26,12 @@ use tokio::sync::{mpsc, watch};
 pub use crate::apply::Applied;
 use crate::batch::{Marks, Settlement, take_marks};
 use crate::publish::Publisher;
+
+/// How long, at shutdown, the pull is read out for commands already delivered to this process.
+const HAND_BACK_DRAIN: Duration = Duration::from_millis(250);
+
+/// How long a handed-back command waits before it is delivered again.
+const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Committed batches a lane may have waiting for their publish.
 const SETTLE_QUEUE: usize = 4;
@@ -54,6 +62,11 @@ struct Inner {
     publisher: Publisher,
     /// Ids of events on the stream, marked `published_at` in batches by a background task.
     published: mpsc::Sender<EventId>,
+    /// Every command this process holds unsettled (pulled, not yet acked, nak'ed or
+    /// terminated), by stream sequence: kept alive while Postgres is away.
+    held: std::sync::Mutex<HashMap<u64, jetstream::Message>>,
+    /// Set while a batch is waiting for Postgres to come back.
+    db_away: AtomicBool,
 }
 
 impl Worker {
@@ -73,6 +86,8 @@ impl Worker {
                 subjects,
                 publisher,
                 published,
+                held: Default::default(),
+                db_away: AtomicBool::new(false),
             }),
         }
     }
@@ -123,6 +138,7 @@ impl Worker {
                 .collect();
             (senders, tasks)
         };
+        let keepalive = tokio::spawn(self.clone().keep_alive_while_db_away());
         tracing::info!(pool = pool.as_str(), lanes = lanes.len(), "pool started");
         while !*shutdown.borrow() {
             let messages = match consumer
@@ -140,27 +156,45 @@ impl Worker {
                     continue;
                 }
             };
-            let mut stop = shutdown.clone();
-            let messages = messages
-                .take_until(async move { stop.wait_for(|s| *s).await.map(|_| ()).unwrap_or(()) });
             let mut messages = std::pin::pin!(messages);
-            while let Some(msg) = messages.next().await {
+            let mut stop = shutdown.clone();
+            loop {
+                let msg = tokio::select! {
+                    msg = messages.next() => Some(msg),
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                let Some(msg) = msg else {
+                    // What the pull already delivered to this process goes back now, not
+                    // after ack_wait: read it out for a moment and nak it.
+                    while let Ok(Some(msg)) =
+                        tokio::time::timeout(HAND_BACK_DRAIN, messages.next()).await
+                    {
+                        if let Ok(msg) = msg {
+                            hand_back(&msg).await;
+                        }
+                    }
+                    break;
+                };
                 let msg = match msg {
-                    Ok(msg) => msg,
-                    Err(e) => {
+                    None => break,
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "pull stream error");
                         continue;
                     }
                 };
+                self.hold(&msg);
                 let delivery = decode(msg);
                 let lane = lane_of(&delivery, lanes.len());
                 if let Err(mpsc::error::SendError(d)) = lanes[lane].send(delivery) {
+                    self.release(&d.msg);
                     hand_back(&d.msg).await;
                 }
             }
         }
         drop(lanes);
         while lane_tasks.join_next().await.is_some() {}
+        keepalive.abort();
         tracing::info!(pool = pool.as_str(), "pool stopped");
         Ok(())
     }
@@ -196,6 +230,7 @@ impl Worker {
             }
             if *shutdown.borrow() {
                 for delivery in batch.drain(..) {
+                    self.release(&delivery.msg);
                     hand_back(&delivery.msg).await;
                 }
                 continue;
@@ -266,6 +301,45 @@ impl Worker {
         }
     }
 
+    fn hold(&self, msg: &jetstream::Message) {
+        if let (Ok(info), Ok(mut held)) = (msg.info(), self.inner.held.lock()) {
+            held.insert(info.stream_sequence, msg.clone());
+        }
+    }
+
+    /// Forgets a command this process has settled (or handed back).
+    pub(crate) fn release(&self, msg: &jetstream::Message) {
+        if let (Ok(info), Ok(mut held)) = (msg.info(), self.inner.held.lock()) {
+            held.remove(&info.stream_sequence);
+        }
+    }
+
+    /// Records whether Postgres is away (a batch is retrying for it).
+    pub(crate) fn set_db_away(&self, away: bool) {
+        self.inner.db_away.store(away, Ordering::Relaxed);
+    }
+
+    /// While Postgres is away, tells NATS every third of `ack_wait` that each command this
+    /// process holds (in a retrying batch, queued in a lane, or waiting to be settled) is still
+    /// being worked on, so none is redelivered and none uses up a delivery. A process that is
+    /// merely stuck sends nothing, and its commands are redelivered as usual.
+    async fn keep_alive_while_db_away(self) {
+        let every = (self.inner.settings.ack_wait() / 3).max(Duration::from_millis(500));
+        loop {
+            tokio::time::sleep(every).await;
+            if !self.inner.db_away.load(Ordering::Relaxed) {
+                continue;
+            }
+            let held: Vec<jetstream::Message> = match self.inner.held.lock() {
+                Ok(held) => held.values().cloned().collect(),
+                Err(_) => continue,
+            };
+            for msg in &held {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+
     pub(crate) fn publisher(&self) -> &Publisher {
         &self.inner.publisher
     }
@@ -304,9 +378,11 @@ fn lane_of(delivery: &Delivery, lanes: usize) -> usize {
     (hasher.finish() % lanes.max(1) as u64) as usize
 }
 
-/// Hands a command back to the stream at shutdown so another process takes it at once.
+/// Hands a command back to the stream at shutdown so another process takes it. After a
+/// second, not at once: this process's pull is still open while it drains, and the server
+/// would give the command straight back to it.
 async fn hand_back(msg: &jetstream::Message) {
-    let _ = msg.ack_with(AckKind::Nak(None)).await;
+    let _ = msg.ack_with(AckKind::Nak(Some(HAND_BACK_DELAY))).await;
 }
 
 /// Marks published events in batches: one UPDATE per batch instead of one per event. A mark

@@ -42,7 +42,8 @@ pub async fn handler(
         max: limits.body_max_bytes,
     })?;
     let wait = requested_wait(&headers, query.wait.as_deref(), limits.wait_max_secs)?;
-    let command_id = match idempotency_key(&headers, limits.idempotency_key_max_chars)? {
+    let key = idempotency_key(&headers, limits.idempotency_key_max_chars)?;
+    let command_id = match key {
         Some(key) => CommandId::from_idempotency_key(&caller.user, key),
         None => CommandId::generate(),
     };
@@ -51,8 +52,26 @@ pub async fn handler(
         .ok_or_else(|| RequestError::UnknownOperation(operation.clone()))?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let fingerprint = key.map(|_| ingress::fingerprint(command_id, op, &value));
     let mut envelope = ingress::envelope(&caller, op, value, command_id, limits)?;
     envelope.reply_outcome = wait.is_some();
+    // A key names one request: the same key with another body is refused, never answered with
+    // the first command's ids.
+    if let Some(fingerprint) = fingerprint {
+        match ingress::claim_idempotency_key(
+            &state.js,
+            &state.subjects,
+            &state.settings,
+            command_id,
+            &fingerprint,
+        )
+        .await
+        {
+            Ok(ingress::KeyClaim::Proceed) => {}
+            Ok(ingress::KeyClaim::Reused) => return Err(ApiError::IdempotencyKeyReused),
+            Err(e) => return Err(ApiError::Unavailable(e)),
+        }
+    }
     // Subscribe before publishing so a fast worker's outcome cannot slip past us.
     let outcomes = match wait {
         Some(_) => Some(

@@ -22,8 +22,8 @@ async fn poll_tallies_are_exact_under_concurrent_votes() {
     })
     .await;
     stack.start_worker_with(&["--pool", "messages"]).await;
-    stack.start_worker_with(&["--pool", "polls"]).await;
-    stack.start_worker_with(&["--pool", "polls"]).await;
+    let polls_a = stack.start_worker_with(&["--pool", "polls"]).await;
+    let polls_b = stack.start_worker_with(&["--pool", "polls"]).await;
     let users: Vec<String> = (0..200).map(|i| format!("voter{i:03}")).collect();
     let names: Vec<&str> = users.iter().map(String::as_str).collect();
     let conv = stack.create_conversation("alice", "group", &names).await;
@@ -109,6 +109,25 @@ async fn poll_tallies_are_exact_under_concurrent_votes() {
     );
     assert_eq!(*sums.last().unwrap(), 200);
     assert_eq!(tallies.last().unwrap().0, json!(expected));
+    // Both polls processes counted votes, or this proved nothing about two of them.
+    let (first, second) = (
+        stack.committed_by(&polls_a, "votePoll").await,
+        stack.committed_by(&polls_b, "votePoll").await,
+    );
+    assert!(
+        first > 0 && second > 0,
+        "one polls process applied every vote: {first} + {second}"
+    );
+    assert_eq!(first + second, 1000);
+    // Votes on one poll serialize on its row lock: none failed and came back.
+    for process in [&polls_a, &polls_b] {
+        assert!(
+            !stack
+                .log(process)
+                .contains("command failed; will be redelivered"),
+            "{process} had to redeliver a vote"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -128,11 +147,14 @@ async fn poll_rules() {
         .await;
     let p = id(&poll, "messageId");
     let vote = |i: u32| json!({"conversationID": conv, "messageId": p, "optionIndex": i});
-    assert_eq!(stack.refused("bob", "votePoll", vote(2)).await.0, 422);
-    assert_eq!(
-        stack.refused("carol", "votePoll", vote(0)).await.1,
-        "not_participant"
-    );
+    stack
+        .refused("bob", "votePoll", vote(2))
+        .await
+        .is(422, "invalid");
+    stack
+        .refused("carol", "votePoll", vote(0))
+        .await
+        .is(403, "not_participant");
     let voted = stack.act("bob", "votePoll", vote(1)).await;
     assert_eq!(voted["votes"], json!([0, 1]));
     assert_eq!(
@@ -140,17 +162,14 @@ async fn poll_rules() {
         json!([1, 0]),
         "voting again moves the vote"
     );
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "closePoll",
-                json!({"conversationID": conv, "messageId": p})
-            )
-            .await
-            .1,
-        "forbidden"
-    );
+    stack
+        .refused(
+            "bob",
+            "closePoll",
+            json!({"conversationID": conv, "messageId": p}),
+        )
+        .await
+        .is(403, "forbidden");
     stack
         .act(
             "alice",
@@ -158,7 +177,10 @@ async fn poll_rules() {
             json!({"conversationID": conv, "messageId": p}),
         )
         .await;
-    assert_eq!(stack.refused("alice", "votePoll", vote(1)).await.0, 409);
+    stack
+        .refused("alice", "votePoll", vote(1))
+        .await
+        .is(409, "conflict");
     let read = stack
         .get(
             Some(&stack.token("bob")),
@@ -185,25 +207,24 @@ async fn poll_rules() {
         json!([0, 0, 1])
     );
     // A poll with a closing time refuses votes after it.
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-    let timed = stack.act("alice", "createPoll", json!({"conversationID": conv, "question": "Quick?", "options": ["Y", "N"], "closesAt": soon})).await;
+    let closes = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let timed = stack.act("alice", "createPoll", json!({"conversationID": conv, "question": "Quick?", "options": ["Y", "N"], "closesAt": closes.to_rfc3339()})).await;
     let t = id(&timed, "messageId");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "votePoll",
-                json!({"conversationID": conv, "messageId": t, "optionIndex": 0})
-            )
-            .await
-            .0,
-        409
-    );
+    let left = (closes - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(200)).await;
+    stack
+        .refused(
+            "bob",
+            "votePoll",
+            json!({"conversationID": conv, "messageId": t, "optionIndex": 0}),
+        )
+        .await
+        .is(409, "conflict");
 }
 
-/// 100 messages due within a few seconds, two scheduler processes, one SIGKILLed while
-/// dispatching: each message is sent exactly once.
+/// 100 messages due within a few seconds, two scheduler processes, one SIGKILLed once it has
+/// sent some and while dispatch is under way: each message is sent exactly once, by one
+/// process or the other.
 #[tokio::test(flavor = "multi_thread")]
 async fn scheduled_messages_are_sent_once_across_a_killed_scheduler() {
     let mut stack = Stack::start(StackOptions {
@@ -217,15 +238,16 @@ async fn scheduled_messages_are_sent_once_across_a_killed_scheduler() {
     .await;
     stack.start_worker_with(&["--pool", "messages"]).await;
     let first = stack.start_worker_with(&["--pool", "scheduler"]).await;
-    stack.start_worker_with(&["--pool", "scheduler"]).await;
+    let second = stack.start_worker_with(&["--pool", "scheduler"]).await;
     let conv = stack.create_conversation("alice", "group", &["bob"]).await;
     let mut bob = stack.socket("bob").await;
     bob.join(&conv).await;
 
-    let start = chrono::Utc::now() + chrono::Duration::seconds(4);
+    // Scheduled far ahead, then made due 25 ms apart from a moment we choose: no race between
+    // posting them and the wall clock.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     for i in 0..100 {
-        let at = (start + chrono::Duration::milliseconds(i * 25)).to_rfc3339();
-        let reply = stack.post(&stack.token("alice"), "scheduleMessage", json!({"conversationID": conv, "message": format!("tick {i}"), "scheduledTime": at})).await;
+        let reply = stack.post(&stack.token("alice"), "scheduleMessage", json!({"conversationID": conv, "message": format!("tick {i}"), "scheduledTime": later})).await;
         assert_eq!(reply.status, 202, "{:?}", reply.body);
     }
     stack
@@ -235,26 +257,36 @@ async fn scheduled_messages_are_sent_once_across_a_killed_scheduler() {
             Duration::from_secs(30),
         )
         .await;
-    // Kill one scheduler once dispatching is under way.
-    for _ in 0..200 {
-        if stack
-            .count("SELECT count(*) FROM scheduled_messages WHERE status = 'sent'")
-            .await
-            >= 8
-        {
+    sqlx::query(
+        "UPDATE scheduled_messages s SET due_at = now() + interval '300 ms' + n.i * interval '25 ms'
+         FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) AS i FROM scheduled_messages) n
+         WHERE s.id = n.id",
+    )
+    .execute(&stack.db)
+    .await
+    .expect("make them due");
+    // Kill the first scheduler once it has sent some and dispatch is under way.
+    let sent = "SELECT count(*) FROM scheduled_messages WHERE status = 'sent'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let by_first = stack
+            .worker_counter(&first, "allo_scheduled_settled_total", &[])
+            .await;
+        if by_first >= 1.0 && stack.count(sent).await >= 8 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dispatch did not get under way in the first scheduler"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stack.kill(&first).await;
-    let sent_at_kill = stack
-        .count("SELECT count(*) FROM scheduled_messages WHERE status = 'sent'")
-        .await;
+    let sent_at_kill = stack.count(sent).await;
     assert!(
         sent_at_kill < 100,
         "dispatch finished before the kill; the test proves nothing"
     );
-
     let events = bob.collect("message", 100, Duration::from_secs(60)).await;
     let ids: BTreeSet<String> = events.iter().map(|e| id(e, "messageId")).collect();
     assert_eq!(ids.len(), 100, "a scheduled message arrived twice");
@@ -283,6 +315,25 @@ async fn scheduled_messages_are_sent_once_across_a_killed_scheduler() {
             .await,
         100
     );
+    // No round collided with another process's rows (they are taken FOR UPDATE SKIP LOCKED);
+    // exactly-once must not rest on failed rounds and retries.
+    for scheduler in [&first, &second] {
+        let log = stack.log(scheduler);
+        assert!(
+            !log.contains("round failed"),
+            "{scheduler}: {}",
+            log.lines()
+                .find(|l| l.contains("round failed"))
+                .unwrap_or_default()
+        );
+    }
+    // The survivor sent the rest.
+    assert!(
+        stack
+            .worker_counter(&second, "allo_scheduled_settled_total", &[])
+            .await
+            >= (100 - sent_at_kill) as f64
+    );
 }
 
 /// Scheduled messages survive every scheduler being down (sent late, lateness visible), can be
@@ -301,8 +352,8 @@ async fn scheduling_survives_downtime_and_cancels_once() {
     bob.join(&conv).await;
     let alice = stack.token("alice");
 
-    // Due after the scheduler is killed below (a few hundred ms from now).
-    let due = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    // Scheduled ahead; made due below, once every scheduler is down (no wall-clock race).
+    let due = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let late = stack
         .act(
             "alice",
@@ -320,7 +371,7 @@ async fn scheduling_survives_downtime_and_cancels_once() {
         )
         .await;
     let cancel_id = id(&cancelled, "scheduledMessageId");
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    let soon = due.clone();
     let orphan = stack
         .act(
             "bob",
@@ -331,13 +382,10 @@ async fn scheduling_survives_downtime_and_cancels_once() {
     let orphan_id = id(&orphan, "scheduledMessageId");
     // Cancelling: only the sender, only once.
     let cancel = |sid: &str| json!({"scheduledMessageId": sid});
-    assert_eq!(
-        stack
-            .refused("bob", "cancelScheduledMessage", cancel(&cancel_id))
-            .await
-            .0,
-        404
-    );
+    stack
+        .refused("bob", "cancelScheduledMessage", cancel(&cancel_id))
+        .await
+        .is(404, "not_found");
     let mut alice_socket = stack.socket("alice").await;
     alice_socket.join(&conv).await;
     stack.kill(&scheduler).await;
@@ -350,7 +398,16 @@ async fn scheduling_survives_downtime_and_cancels_once() {
     stack
         .act("bob", "leaveConversation", json!({"conversationID": conv}))
         .await;
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    sqlx::query("UPDATE scheduled_messages SET due_at = now() WHERE id = ANY($1)")
+        .bind(vec![
+            uuid::Uuid::parse_str(&late_id).unwrap(),
+            uuid::Uuid::parse_str(&orphan_id).unwrap(),
+        ])
+        .execute(&stack.db)
+        .await
+        .expect("make them due");
+    // Six of the default 250 ms ticks: a live scheduler would have sent them by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         stack.count("SELECT count(*) FROM messages").await,
         0,
@@ -361,13 +418,10 @@ async fn scheduling_survives_downtime_and_cancels_once() {
     stack
         .act("alice", "cancelScheduledMessage", cancel(&cancel_id))
         .await;
-    assert_eq!(
-        stack
-            .refused("alice", "cancelScheduledMessage", cancel(&cancel_id))
-            .await
-            .0,
-        409
-    );
+    stack
+        .refused("alice", "cancelScheduledMessage", cancel(&cancel_id))
+        .await
+        .is(409, "conflict");
     let message = alice_socket
         .next_matching(
             "message",
@@ -377,14 +431,10 @@ async fn scheduling_survives_downtime_and_cancels_once() {
         .await
         .expect("sent on recovery");
     assert!(message["scheduledAt"].as_str().unwrap() < message["createdAt"].as_str().unwrap());
-    assert_eq!(
-        stack
-            .refused("alice", "cancelScheduledMessage", cancel(&late_id))
-            .await
-            .0,
-        409,
-        "a sent message cannot be cancelled"
-    );
+    stack
+        .refused("alice", "cancelScheduledMessage", cancel(&late_id))
+        .await
+        .is(409, "conflict");
     let all = stack.get(Some(&alice), "/api/scheduled").await;
     let by_id: BTreeMap<String, Value> = all
         .body
@@ -425,7 +475,7 @@ async fn scheduling_survives_downtime_and_cancels_once() {
 }
 
 /// Expired ephemeral messages are deleted by the sweeper, one `messageDeleted` (reason
-/// `expired`) each, with two scheduler processes sweeping.
+/// `expired`) each, with two scheduler processes both sweeping.
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_messages_are_swept_once_each() {
     let mut stack = Stack::start(StackOptions {
@@ -440,19 +490,22 @@ async fn expired_messages_are_swept_once_each() {
     let conv = stack.create_conversation("alice", "group", &["bob"]).await;
     let mut bob = stack.socket("bob").await;
     bob.join(&conv).await;
-    let mut sent = BTreeSet::new();
-    for i in 0..10 {
-        let m = stack
-            .act(
-                "alice",
-                "sendEphemeralMessage",
-                json!({"conversationID": conv, "message": format!("gone {i}"), "expiresIn": 1000}),
-            )
-            .await;
-        sent.insert(id(&m, "messageId"));
-    }
+    // Sent together so they expire together and both sweepers find work.
+    let n = 24;
+    let sends = (0..n).map(|i| {
+        stack.act(
+            "alice",
+            "sendEphemeralMessage",
+            json!({"conversationID": conv, "message": format!("gone {i}"), "expiresIn": 1000}),
+        )
+    });
+    let sent: BTreeSet<String> = futures::future::join_all(sends)
+        .await
+        .iter()
+        .map(|m| id(m, "messageId"))
+        .collect();
     let deleted = bob
-        .collect("messageDeleted", 10, Duration::from_secs(20))
+        .collect("messageDeleted", n, Duration::from_secs(20))
         .await;
     assert!(deleted.iter().all(|d| d["reason"] == "expired"));
     let ids: BTreeSet<String> = deleted.iter().map(|d| id(d, "messageId")).collect();
@@ -467,7 +520,7 @@ async fn expired_messages_are_swept_once_each() {
         stack
             .count("SELECT count(*) FROM events WHERE type = 'messageDeleted'")
             .await,
-        10
+        n as i64
     );
     assert_eq!(
         stack
@@ -475,8 +528,16 @@ async fn expired_messages_are_swept_once_each() {
                 "SELECT count(*) FROM messages WHERE deleted_reason = 'expired' AND body IS NULL"
             )
             .await,
-        10
+        n as i64
     );
+    // Both processes swept, and between them exactly once each.
+    let swept = |name: &'static str| stack.worker_counter(name, "allo_ephemeral_swept_total", &[]);
+    let (first, second) = (swept("worker-0").await, swept("worker-1").await);
+    assert!(
+        first > 0.0 && second > 0.0,
+        "one process swept everything: {first} + {second}"
+    );
+    assert_eq!(first + second, n as f64);
 }
 
 /// Reports reach moderators only (the room never learns the reporter), a second report by the
@@ -523,31 +584,23 @@ async fn reports_reach_moderators_and_the_threshold_hides() {
         (Some("bob"), Some("spam"), Some(m.as_str()))
     );
     assert_eq!(seen["message"]["message"], "buy cheap watches");
-    assert_eq!(
-        stack
-            .refused("bob", "reportMessage", report("spam"))
-            .await
-            .0,
-        409
-    );
-    assert_eq!(
-        stack
-            .refused("alice", "reportMessage", report("other"))
-            .await
-            .0,
-        422,
-        "not your own message"
-    );
-    assert_eq!(
+    stack
+        .refused("bob", "reportMessage", report("spam"))
+        .await
+        .is(409, "conflict");
+    stack
+        .refused("alice", "reportMessage", report("other"))
+        .await
+        .is(422, "invalid");
+    allo_e2e::assert_problem(
         stack
             .post(
                 &stack.token("bob"),
                 "reportMessage",
-                json!({"conversationID": conv, "messageId": m, "reason": "boring"})
+                json!({"conversationID": conv, "messageId": m, "reason": "boring"}),
             )
-            .await
-            .status,
-        422
+            .await,
+        422,
     );
 
     stack.act("carol", "reportMessage", report("spam")).await;
@@ -589,12 +642,11 @@ async fn reports_reach_moderators_and_the_threshold_hides() {
             .iter()
             .all(|r| r["messageAtReport"]["message"] == "buy cheap watches" && r["hidden"] == true)
     );
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(Some(&stack.token("bob")), "/api/moderation/reports")
-            .await
-            .status,
-        403
+            .await,
+        403,
     );
     let report_id = id(&reports[0], "reportId");
     let not_mod = stack
@@ -604,7 +656,12 @@ async fn reports_reach_moderators_and_the_threshold_hides() {
             json!({"reportId": report_id, "action": "dismiss"}),
         )
         .await;
-    assert_eq!(not_mod.status, 403, "refused at ingress");
+    let not_mod = allo_e2e::assert_problem(not_mod, 403);
+    assert_eq!(not_mod.body["code"], "forbidden", "{:?}", not_mod.body);
+    assert!(
+        not_mod.body.get("commandId").is_none(),
+        "refused at ingress"
+    );
 
     let mia = "mia";
     let restored = stack
@@ -678,5 +735,13 @@ async fn reports_reach_moderators_and_the_threshold_hides() {
             json!({"reportId": dave_report, "action": "dismiss"}),
         )
         .await;
-    assert_eq!(again.status, 409);
+    let again = allo_e2e::assert_problem(again, 409);
+    assert_eq!(again.body["code"], "conflict", "{:?}", again.body);
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM reports WHERE status = 'open'")
+            .await,
+        0,
+        "the resolved report reopened"
+    );
 }

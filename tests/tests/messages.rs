@@ -267,7 +267,7 @@ async fn rules_are_enforced_by_the_worker() {
 
     let r = |m: &str| json!({"conversationID": group, "messageId": m});
     // editMessage: author only; not a sticker.
-    let (status, code, command) = stack
+    let allo_e2e::Refusal(status, code, command) = stack
         .refused(
             "bob",
             "editMessage",
@@ -297,186 +297,144 @@ async fn rules_are_enforced_by_the_worker() {
         ),
         (Some("rejected"), Some("forbidden"))
     );
-    assert_eq!(
-        stack
-            .refused(
-                "alice",
-                "editMessage",
-                json!({"conversationID": group, "messageId": sticker, "newMessage": "x"})
-            )
-            .await
-            .0,
-        422
-    );
+    stack
+        .refused(
+            "alice",
+            "editMessage",
+            json!({"conversationID": group, "messageId": sticker, "newMessage": "x"}),
+        )
+        .await
+        .is(422, "invalid");
     // A message id of another conversation is not found, whatever the operation.
     for op in ["deleteMessage", "unsendMessage", "messageRead"] {
-        assert_eq!(
-            stack.refused("alice", op, r(&elsewhere)).await.0,
-            404,
-            "{op}"
-        );
+        stack
+            .refused("alice", op, r(&elsewhere))
+            .await
+            .is(404, "not_found");
     }
     let wrong = json!({"conversationID": group, "messageId": elsewhere, "newMessage": "x"});
-    assert_eq!(stack.refused("alice", "editMessage", wrong).await.0, 404);
-    assert_eq!(
-        stack
-            .refused(
-                "alice",
-                "pinMessage",
-                json!({"conversationID": group, "messageId": elsewhere, "pin": true})
-            )
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        stack
-            .refused(
-                "alice",
-                "reactionMessage",
-                json!({"conversationID": group, "messageId": elsewhere, "emoji": "👍"})
-            )
-            .await
-            .0,
-        404
-    );
+    stack
+        .refused("alice", "editMessage", wrong)
+        .await
+        .is(404, "not_found");
+    stack
+        .refused(
+            "alice",
+            "pinMessage",
+            json!({"conversationID": group, "messageId": elsewhere, "pin": true}),
+        )
+        .await
+        .is(404, "not_found");
+    stack
+        .refused(
+            "alice",
+            "reactionMessage",
+            json!({"conversationID": group, "messageId": elsewhere, "emoji": "👍"}),
+        )
+        .await
+        .is(404, "not_found");
     // deleteMessage: the author or an admin; a member may not delete others' messages.
-    assert_eq!(
-        stack.refused("bob", "deleteMessage", r(&alices)).await.1,
-        "forbidden"
-    );
+    stack
+        .refused("bob", "deleteMessage", r(&alices))
+        .await
+        .is(403, "forbidden");
     let bobs = send("bob", group.clone(), "bob's").await;
     stack.act("alice", "deleteMessage", r(&bobs)).await; // alice owns the group
-    assert_eq!(
-        stack.refused("alice", "deleteMessage", r(&bobs)).await.0,
-        409
-    );
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "editMessage",
-                json!({"conversationID": group, "messageId": bobs, "newMessage": "x"})
-            )
-            .await
-            .0,
-        409
-    );
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "reactionMessage",
-                json!({"conversationID": group, "messageId": bobs, "emoji": "👍"})
-            )
-            .await
-            .0,
-        409
-    );
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "pinMessage",
-                json!({"conversationID": group, "messageId": bobs, "pin": true})
-            )
-            .await
-            .0,
-        409
-    );
+    stack
+        .refused("alice", "deleteMessage", r(&bobs))
+        .await
+        .is(409, "conflict");
+    stack
+        .refused(
+            "bob",
+            "editMessage",
+            json!({"conversationID": group, "messageId": bobs, "newMessage": "x"}),
+        )
+        .await
+        .is(409, "conflict");
+    stack
+        .refused(
+            "bob",
+            "reactionMessage",
+            json!({"conversationID": group, "messageId": bobs, "emoji": "👍"}),
+        )
+        .await
+        .is(409, "conflict");
+    stack
+        .refused(
+            "bob",
+            "pinMessage",
+            json!({"conversationID": group, "messageId": bobs, "pin": true}),
+        )
+        .await
+        .is(409, "conflict");
     // unsendMessage: author only, within the window (2 s here).
-    assert_eq!(
-        stack.refused("bob", "unsendMessage", r(&alices)).await.1,
-        "forbidden"
-    );
+    stack
+        .refused("bob", "unsendMessage", r(&alices))
+        .await
+        .is(403, "forbidden");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, code, _) = stack.refused("alice", "unsendMessage", r(&alices)).await;
+    let allo_e2e::Refusal(status, code, _) =
+        stack.refused("alice", "unsendMessage", r(&alices)).await;
     assert_eq!((status, code.as_str()), (422, "invalid"));
     // forwardMessage: the caller must be in both; no ephemeral, deleted or unsent messages.
     let fwd = |from: &str, to: &str, m: &str| json!({"fromConversationID": from, "toConversationID": to, "messageId": m});
-    assert_eq!(
-        stack
-            .refused("carol", "forwardMessage", fwd(&group, &other, &alices))
-            .await
-            .1,
-        "not_participant"
-    );
-    assert_eq!(
-        stack
-            .refused("alice", "forwardMessage", fwd(&group, &other, &ephemeral))
-            .await
-            .0,
-        422
-    );
-    assert_eq!(
-        stack
-            .refused("bob", "forwardMessage", fwd(&group, &other, &bobs))
-            .await
-            .0,
-        409
-    );
-    assert_eq!(
-        stack
-            .refused("alice", "forwardMessage", fwd(&group, &other, &elsewhere))
-            .await
-            .0,
-        404
-    );
+    stack
+        .refused("carol", "forwardMessage", fwd(&group, &other, &alices))
+        .await
+        .is(403, "not_participant");
+    stack
+        .refused("alice", "forwardMessage", fwd(&group, &other, &ephemeral))
+        .await
+        .is(422, "invalid");
+    stack
+        .refused("bob", "forwardMessage", fwd(&group, &other, &bobs))
+        .await
+        .is(409, "conflict");
+    stack
+        .refused("alice", "forwardMessage", fwd(&group, &other, &elsewhere))
+        .await
+        .is(404, "not_found");
     let fresh = send("alice", group.clone(), "take it back").await;
     stack.act("alice", "unsendMessage", r(&fresh)).await;
-    assert_eq!(
-        stack
-            .refused("alice", "forwardMessage", fwd(&group, &other, &fresh))
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        stack
-            .refused(
-                "alice",
-                "editMessage",
-                json!({"conversationID": group, "messageId": fresh, "newMessage": "x"})
-            )
-            .await
-            .0,
-        404
-    );
+    stack
+        .refused("alice", "forwardMessage", fwd(&group, &other, &fresh))
+        .await
+        .is(404, "not_found");
+    stack
+        .refused(
+            "alice",
+            "editMessage",
+            json!({"conversationID": group, "messageId": fresh, "newMessage": "x"}),
+        )
+        .await
+        .is(404, "not_found");
     // Pins in a channel are for admins.
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "pinMessage",
-                json!({"conversationID": channel, "messageId": in_channel, "pin": true})
-            )
-            .await
-            .1,
-        "forbidden"
-    );
+    stack
+        .refused(
+            "bob",
+            "pinMessage",
+            json!({"conversationID": channel, "messageId": in_channel, "pin": true}),
+        )
+        .await
+        .is(403, "forbidden");
     // Membership: admins add and remove; the owner stays; direct stays two.
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "addParticipants",
-                json!({"conversationID": group, "participants": ["dave"]})
-            )
-            .await
-            .1,
-        "forbidden"
-    );
-    assert_eq!(
-        stack
-            .refused(
-                "alice",
-                "addParticipants",
-                json!({"conversationID": direct, "participants": ["dave"]})
-            )
-            .await
-            .0,
-        422
-    );
+    stack
+        .refused(
+            "bob",
+            "addParticipants",
+            json!({"conversationID": group, "participants": ["dave"]}),
+        )
+        .await
+        .is(403, "forbidden");
+    stack
+        .refused(
+            "alice",
+            "addParticipants",
+            json!({"conversationID": direct, "participants": ["dave"]}),
+        )
+        .await
+        .is(422, "invalid");
     stack
         .act(
             "alice",
@@ -484,28 +442,22 @@ async fn rules_are_enforced_by_the_worker() {
             json!({"conversationID": group, "participantID": "bob"}),
         )
         .await;
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "removeParticipant",
-                json!({"conversationID": group, "participantID": "alice"})
-            )
-            .await
-            .1,
-        "forbidden"
-    );
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "removeAdmin",
-                json!({"conversationID": group, "participantID": "alice"})
-            )
-            .await
-            .1,
-        "forbidden"
-    );
+    stack
+        .refused(
+            "bob",
+            "removeParticipant",
+            json!({"conversationID": group, "participantID": "alice"}),
+        )
+        .await
+        .is(403, "forbidden");
+    stack
+        .refused(
+            "bob",
+            "removeAdmin",
+            json!({"conversationID": group, "participantID": "alice"}),
+        )
+        .await
+        .is(403, "forbidden");
     stack
         .act(
             "alice",
@@ -513,28 +465,22 @@ async fn rules_are_enforced_by_the_worker() {
             json!({"conversationID": group, "participantID": "carol"}),
         )
         .await;
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "removeParticipant",
-                json!({"conversationID": group, "participantID": "carol"})
-            )
-            .await
-            .1,
-        "forbidden"
-    );
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "removeParticipant",
-                json!({"conversationID": group, "participantID": "zed"})
-            )
-            .await
-            .0,
-        404
-    );
+    stack
+        .refused(
+            "bob",
+            "removeParticipant",
+            json!({"conversationID": group, "participantID": "carol"}),
+        )
+        .await
+        .is(403, "forbidden");
+    stack
+        .refused(
+            "bob",
+            "removeParticipant",
+            json!({"conversationID": group, "participantID": "zed"}),
+        )
+        .await
+        .is(404, "not_found");
     // Removed from a channel: no rejoining alone.
     stack
         .act(
@@ -543,28 +489,22 @@ async fn rules_are_enforced_by_the_worker() {
             json!({"conversationID": channel, "participantID": "bob"}),
         )
         .await;
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "joinConversation",
-                json!({"conversationID": channel})
-            )
-            .await
-            .1,
-        "forbidden"
-    );
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "sendMessage",
-                json!({"conversationID": channel, "message": "hi"})
-            )
-            .await
-            .1,
-        "not_participant"
-    );
+    stack
+        .refused(
+            "bob",
+            "joinConversation",
+            json!({"conversationID": channel}),
+        )
+        .await
+        .is(403, "forbidden");
+    stack
+        .refused(
+            "bob",
+            "sendMessage",
+            json!({"conversationID": channel, "message": "hi"}),
+        )
+        .await
+        .is(403, "not_participant");
 
     // Nothing refused left a trace: the group's messages are as sent, deletions aside.
     let texts: Vec<(Option<String>,)> = sqlx::query_as("SELECT body FROM messages WHERE id = $1")
@@ -588,7 +528,7 @@ async fn ephemeral_messages_vanish_from_reads_at_expiry() {
         .act(
             "alice",
             "sendEphemeralMessage",
-            json!({"conversationID": conv, "message": "poof", "expiresIn": 1500}),
+            json!({"conversationID": conv, "message": "poof", "expiresIn": 3000}),
         )
         .await;
     let message = id(&sent, "messageId");
@@ -602,35 +542,39 @@ async fn ephemeral_messages_vanish_from_reads_at_expiry() {
         stack.get(Some(&bob), "/api/conversations").await.body[0]["unreadCount"],
         1
     );
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    // Until just past the expiry the server stated (not a fixed sleep racing it).
+    let expires_at: chrono::DateTime<chrono::Utc> = sent["ephemeralExpiresAt"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("ephemeralExpiresAt");
+    let left = (expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(200)).await;
     let history = stack
         .get(Some(&bob), &format!("/api/conversations/{conv}/messages"))
         .await;
     assert_eq!(history.body["messages"], json!([]));
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(
                 Some(&bob),
-                &format!("/api/conversations/{conv}/messages/{message}")
+                &format!("/api/conversations/{conv}/messages/{message}"),
             )
-            .await
-            .status,
-        404
+            .await,
+        404,
     );
     let list = stack.get(Some(&bob), "/api/conversations").await;
     assert_eq!(list.body[0]["unreadCount"], 0);
     assert_eq!(list.body[0]["lastMessage"], Value::Null);
-    assert_eq!(
-        stack
-            .refused(
-                "bob",
-                "reactionMessage",
-                json!({"conversationID": conv, "messageId": message, "emoji": "👍"})
-            )
-            .await
-            .0,
-        404
-    );
+    stack
+        .refused(
+            "bob",
+            "reactionMessage",
+            json!({"conversationID": conv, "messageId": message, "emoji": "👍"}),
+        )
+        .await
+        .is(404, "not_found");
 }
 
 /// Two users drive a conversation through every operation, each action seen by the other's
@@ -889,15 +833,14 @@ async fn a_whole_conversation_through_every_operation() {
             .map(|p| p.iter().map(|m| id(m, "messageId")).collect::<Vec<_>>()),
         Some(vec![hello.clone()])
     );
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(
                 Some(&stack.token("alice")),
-                &format!("/api/conversations/{a}/messages/{voice}")
+                &format!("/api/conversations/{a}/messages/{voice}"),
             )
-            .await
-            .status,
-        404
+            .await,
+        404,
     );
     // Read markers and unread counts: bob read up to the voice message; after it, alice sent
     // only the ephemeral one. Alice read nothing; bob's visible, undeleted messages: the secure one.
@@ -990,15 +933,14 @@ async fn a_whole_conversation_through_every_operation() {
         .await
         .unwrap();
     assert_eq!(removed["removedBy"], "bob");
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(
                 Some(&stack.token("carol")),
-                &format!("/api/conversations/{a}/messages")
+                &format!("/api/conversations/{a}/messages"),
             )
-            .await
-            .status,
-        403
+            .await,
+        403,
     );
     stack
         .act("alice", "leaveConversation", json!({"conversationID": a}))
@@ -1023,23 +965,19 @@ async fn a_whole_conversation_through_every_operation() {
         conversation.body["participants"].as_array().map(Vec::len),
         Some(1)
     );
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(
                 Some(&stack.token("alice")),
-                &format!("/api/conversations/{a}")
+                &format!("/api/conversations/{a}"),
             )
-            .await
-            .status,
-        403
+            .await,
+        403,
     );
-    assert_eq!(
-        stack
-            .refused("alice", "joinConversation", json!({"conversationID": a}))
-            .await
-            .1,
-        "forbidden"
-    );
+    stack
+        .refused("alice", "joinConversation", json!({"conversationID": a}))
+        .await
+        .is(403, "forbidden");
     // The OpenAPI document is served.
     let doc = stack.get(None, "/api/openapi.json").await;
     assert_eq!(

@@ -8,19 +8,18 @@ use std::time::Duration;
 use allo_common::auth::Caller;
 use allo_common::ids::{CommandId, UserId};
 use allo_common::ops::Operation;
-use allo_e2e::{Stack, StackOptions, free_port, id};
+use allo_e2e::{Stack, StackOptions, id};
 use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use serde_json::json;
 
-/// A stack with no worker running yet, a conversation of alice and bob created by a worker that
-/// has since stopped, and a metrics port for the next worker.
-async fn backlogged_stack(extra: &[(&str, &str)]) -> (Stack, String, String) {
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut env = vec![
-        ("ALLO_WORKER__METRICS_ADDR".to_string(), metrics.clone()),
-        ("ALLO_LIMITS__RATE_MAX_PER_WINDOW".into(), "100000".into()),
-    ];
+/// A stack with no worker running yet and a conversation of alice and bob created by a worker
+/// that has since stopped.
+async fn backlogged_stack(extra: &[(&str, &str)]) -> (Stack, String) {
+    let mut env = vec![(
+        "ALLO_LIMITS__RATE_MAX_PER_WINDOW".to_string(),
+        "100000".to_string(),
+    )];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let mut stack = Stack::start(StackOptions {
         workers: 0,
@@ -32,20 +31,12 @@ async fn backlogged_stack(extra: &[(&str, &str)]) -> (Stack, String, String) {
     let first = stack.start_worker().await;
     let conversation = stack.create_conversation("alice", "group", &["bob"]).await;
     assert!(stack.terminate(&first).await, "worker stops cleanly");
-    (stack, conversation, metrics)
+    (stack, conversation)
 }
 
 /// A metric's value from a worker's `/metrics` (0 when absent).
-async fn metric(stack: &Stack, addr: &str, name: &str) -> f64 {
-    let text = stack
-        .http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+async fn metric(stack: &Stack, worker: &str, name: &str) -> f64 {
+    let text = stack.metrics_of(worker).await.expect("worker metrics");
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
@@ -70,7 +61,7 @@ async fn log_of(stack: &Stack) -> (Vec<String>, Vec<i64>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_send_inside_a_batch_leaves_the_others_committed_in_order() {
-    let (mut stack, conversation, metrics) = backlogged_stack(&[]).await;
+    let (mut stack, conversation) = backlogged_stack(&[]).await;
     let mut sent = Vec::new();
     let mut refused = String::new();
     for i in 0..30 {
@@ -92,7 +83,7 @@ async fn a_refused_send_inside_a_batch_leaves_the_others_committed_in_order() {
             sent.push(text);
         }
     }
-    stack.start_worker().await;
+    let worker = stack.start_worker().await;
     let outcome = stack.outcome(&stack.token("mallory"), &refused).await;
     assert_eq!(outcome["status"], "rejected", "{outcome}");
     assert_eq!(outcome["code"], "not_participant", "{outcome}");
@@ -125,8 +116,8 @@ async fn a_refused_send_inside_a_batch_leaves_the_others_committed_in_order() {
         differing, 0,
         "each message event shows the message as reads do"
     );
-    let count = metric(&stack, &metrics, "allo_batch_size_count").await;
-    let sum = metric(&stack, &metrics, "allo_batch_size_sum").await;
+    let count = metric(&stack, &worker, "allo_batch_size_count").await;
+    let sum = metric(&stack, &worker, "allo_batch_size_sum").await;
     assert!(
         sum > count,
         "the backlog was applied in multi-command batches ({sum} commands in {count} batches)"
@@ -135,7 +126,7 @@ async fn a_refused_send_inside_a_batch_leaves_the_others_committed_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_that_fails_as_a_whole_is_settled_one_command_at_a_time() {
-    let (mut stack, conversation, metrics) = backlogged_stack(&[]).await;
+    let (mut stack, conversation) = backlogged_stack(&[]).await;
     // The same command twice in one batch (as a redelivery racing its original would be): the
     // set-based write hits the message's primary key, so the batch falls back.
     let caller = Caller {
@@ -184,7 +175,7 @@ async fn a_batch_that_fails_as_a_whole_is_settled_one_command_at_a_time() {
         })
         .collect::<Vec<_>>()
         .await;
-    stack.start_worker().await;
+    let worker = stack.start_worker().await;
     for other in &others {
         let outcome = stack.outcome(&stack.token("bob"), other).await;
         assert_eq!(outcome["status"], "committed", "{outcome}");
@@ -202,14 +193,14 @@ async fn a_batch_that_fails_as_a_whole_is_settled_one_command_at_a_time() {
     assert_eq!(texts.len(), 11);
     assert_eq!(seqs, (1..=12).collect::<Vec<i64>>(), "gap-free seqs");
     assert!(
-        metric(&stack, &metrics, "allo_batch_fallbacks_total").await >= 1.0,
+        metric(&stack, &worker, "allo_batch_fallbacks_total").await >= 1.0,
         "the batch fell back to one command at a time"
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_in_the_middle_of_a_backlog_loses_nothing_and_applies_nothing_twice() {
-    let (mut stack, conversation, _) = backlogged_stack(&[("ALLO_WORKER__BATCH_SIZE", "4")]).await;
+    let (mut stack, conversation) = backlogged_stack(&[("ALLO_WORKER__BATCH_SIZE", "4")]).await;
     let total = 800;
     futures::stream::iter(0..total)
         .map(|i| {

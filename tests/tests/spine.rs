@@ -101,7 +101,8 @@ async fn a_message_travels_from_http_to_a_real_socket_io_client() {
 }
 
 /// Every class of bad input gets problem+json naming the field, and nothing reaches the
-/// broker or the database. No worker runs, so anything published would stay in the stream.
+/// broker or the database. No worker runs at first, so the stream's sequence counts anything
+/// published; a worker started at the end would store it.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_and_nothing_is_published_or_stored() {
     let stack = Stack::start(StackOptions {
@@ -282,12 +283,19 @@ async fn bad_input_is_refused_and_nothing_is_published_or_stored() {
     }
 
     assert_eq!(
-        stack.pending_commands().await,
+        stack.commands_published().await,
         0,
         "a refused request reached the broker"
     );
-    assert_eq!(stack.count("SELECT count(*) FROM commands").await, 0);
-    assert_eq!(stack.count("SELECT count(*) FROM conversations").await, 0);
+    // A worker now drains whatever the stream holds; one valid command shows it would have
+    // stored anything a refused request had slipped in.
+    let mut stack = stack;
+    stack.start_worker().await;
+    stack.create_conversation("alice", "group", &["bob"]).await;
+    assert_eq!(stack.commands_published().await, 1);
+    assert_eq!(stack.pending_commands().await, 0);
+    assert_eq!(stack.count("SELECT count(*) FROM commands").await, 1);
+    assert_eq!(stack.count("SELECT count(*) FROM conversations").await, 1);
     assert_eq!(stack.count("SELECT count(*) FROM messages").await, 0);
 }
 
@@ -324,7 +332,7 @@ async fn missing_expired_and_forged_tokens_get_401() {
         let refused = SocketClient::connect(&stack.fanout_url, token.unwrap_or("")).await;
         assert!(refused.is_err(), "socket accepted token {token:?}");
     }
-    assert_eq!(stack.pending_commands().await, 0);
+    assert_eq!(stack.commands_published().await, 0);
 }
 
 /// Authorization is the worker's, against Postgres: a stranger's send is rejected with a
@@ -360,41 +368,37 @@ async fn only_participants_act_read_and_listen() {
     assert_eq!(error["commandId"], command_id.as_str());
     assert_eq!(error["code"], "not_participant");
     // Someone else's command is not there for alice to read.
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(
                 Some(&stack.token("alice")),
-                &format!("/api/commands/{command_id}")
+                &format!("/api/commands/{command_id}"),
             )
-            .await
-            .status,
-        404
+            .await,
+        404,
     );
 
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(
                 Some(&carol),
-                &format!("/api/conversations/{group}/messages")
+                &format!("/api/conversations/{group}/messages"),
             )
-            .await
-            .status,
-        403
+            .await,
+        403,
     );
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(Some(&carol), &format!("/api/conversations/{group}"))
-            .await
-            .status,
-        403
+            .await,
+        403,
     );
     let missing = uuid::Uuid::now_v7();
-    assert_eq!(
+    allo_e2e::assert_problem(
         stack
             .get(Some(&carol), &format!("/api/conversations/{missing}"))
-            .await
-            .status,
-        404
+            .await,
+        404,
     );
     let ack = carol_socket
         .emit("joinConversation", json!({"conversationID": group}))
@@ -462,7 +466,8 @@ async fn only_participants_act_read_and_listen() {
     );
 }
 
-/// The same Idempotency-Key from the same user is the same command: same ids, one message.
+/// The same Idempotency-Key from the same user is the same command: same ids, one message; the
+/// same key with another body is refused with 422 `idempotency_key_reused`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retried_request_creates_nothing_twice() {
     let stack = Stack::start(StackOptions {
@@ -510,7 +515,7 @@ async fn a_retried_request_creates_nothing_twice() {
         .await;
     assert_ne!(other.body["commandId"], first.body["commandId"]);
     let bobs = stack
-        .post_raw(Some(&stack.token("bob")), "sendMessage", body, &key)
+        .post_raw(Some(&stack.token("bob")), "sendMessage", body.clone(), &key)
         .await;
     assert_ne!(bobs.body["commandId"], first.body["commandId"]);
     stack
@@ -529,6 +534,65 @@ async fn a_retried_request_creates_nothing_twice() {
             .await
             .unwrap();
     assert_eq!(rows, vec![("exactly once".to_string(), 3)]);
+
+    // The same key with the same JSON in another spelling is still the same request.
+    let respelled =
+        format!("{{ \"message\":\"exactly once\",  \"conversationID\":\"{conversation}\" }}");
+    let again = stack
+        .post_raw(Some(&alice), "sendMessage", respelled, &key)
+        .await;
+    assert_eq!(again.status, 202, "{:?}", again.body);
+    assert_eq!(again.body["commandId"], first.body["commandId"]);
+    // The same key with another body is refused, not answered with the first command; also
+    // after an API restart (the key's fingerprint is kept in JetStream, not in the process).
+    let mut stack = stack;
+    let published = stack.commands_published().await;
+    for restart in [false, true] {
+        if restart {
+            assert!(stack.terminate("api").await, "api did not stop cleanly");
+            stack.start_api().await;
+        }
+        let other_body =
+            json!({"conversationID": conversation, "message": "something else"}).to_string();
+        let reused = stack
+            .post_raw(Some(&alice), "sendMessage", other_body, &key)
+            .await;
+        let reused = allo_e2e::assert_problem(reused, 422);
+        assert_eq!(
+            (reused.body["code"].as_str(), reused.body["field"].as_str()),
+            (Some("idempotency_key_reused"), Some("Idempotency-Key")),
+            "{:?}",
+            reused.body
+        );
+        assert!(reused.body.get("commandId").is_none());
+        let other_op = stack
+            .post_raw(
+                Some(&alice),
+                "editMessage",
+                json!({"conversationID": conversation, "messageId": first.body["messageId"], "newMessage": "x"})
+                    .to_string(),
+                &key,
+            )
+            .await;
+        assert_eq!(
+            allo_e2e::assert_problem(other_op, 422).body["code"],
+            "idempotency_key_reused"
+        );
+    }
+    assert_eq!(
+        stack.commands_published().await,
+        published,
+        "a reused key published a command"
+    );
+    let replay = stack
+        .post_raw(Some(&alice), "sendMessage", body.clone(), &key)
+        .await;
+    assert_eq!(
+        replay.status, 202,
+        "the first body is still welcome: {:?}",
+        replay.body
+    );
+    assert_eq!(replay.body["commandId"], first.body["commandId"]);
     assert_eq!(
         stack
             .count("SELECT count(*) FROM events WHERE type = 'message'")
@@ -646,8 +710,9 @@ async fn redelivery_after_a_crash_between_commit_and_ack_has_no_second_effect() 
     assert_eq!(outcome["status"], "committed");
 }
 
-/// Five users send 40 messages each, all at once, through two worker processes: the
-/// conversation's seqs are exactly 1..=201, and a listening client gets every message once.
+/// Five users send 40 messages each, all at once, through two worker processes that both
+/// apply some of them: the conversation's seqs are exactly 1..=201, and a listening client gets
+/// every message once.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_senders_through_two_workers_get_gap_free_seqs() {
     let stack = Stack::start(StackOptions {
@@ -723,6 +788,28 @@ async fn concurrent_senders_through_two_workers_get_gap_free_seqs() {
         .collect();
     assert_eq!(page, (2..=101).collect::<Vec<_>>());
     assert_eq!(history.body["next"], json!({"after": 101}));
+    // Both processes took part, or this proved nothing about two workers racing.
+    let (first, second) = (
+        stack.committed_by("worker-0", "sendMessage").await,
+        stack.committed_by("worker-1", "sendMessage").await,
+    );
+    assert!(
+        first > 0 && second > 0,
+        "one worker applied everything: {first} + {second}"
+    );
+    assert_eq!(first + second, total as u64);
+    // And every command went through on its first delivery: racing on one conversation is
+    // serialized by its row lock, not resolved by failures and redeliveries.
+    for worker in ["worker-0", "worker-1"] {
+        let log = stack.log(worker);
+        assert!(
+            !log.contains("command failed; will be redelivered"),
+            "{worker} had to redeliver: {}",
+            log.lines()
+                .find(|l| l.contains("command failed"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// Streams and consumers are named from ALLO_SUBJECT_PREFIX, and provisioning twice (a second
@@ -781,16 +868,15 @@ async fn jetstream_is_provisioned_per_prefix_and_idempotently() {
     );
 }
 
-/// A command that fails on every delivery (here: its worker "crashes" twice) is set aside on
-/// the next one and marked rejected; an undecodable one is set aside at once. Neither stays
-/// in the stream.
+/// A command whose apply fails on every delivery (a trigger refuses its row) takes the real
+/// path: the worker NAKs it with a delay, JetStream redelivers it, and after `max_deliver`
+/// deliveries the worker dead-letters it and marks it rejected. An undecodable command is set
+/// aside at once. Neither stays in the stream, and the conversation is not blocked.
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_that_keep_failing_are_dead_lettered_with_a_readable_status() {
     let max_deliver = 2;
-    let mut stack = Stack::start(StackOptions {
-        workers: 0,
+    let stack = Stack::start(StackOptions {
         fanout: false,
-        ack_wait_secs: 1,
         env: vec![(
             "ALLO_JETSTREAM__MAX_DELIVER".into(),
             max_deliver.to_string(),
@@ -798,40 +884,27 @@ async fn commands_that_keep_failing_are_dead_lettered_with_a_readable_status() {
         ..Default::default()
     })
     .await;
+    let conversation = stack.create_conversation("alice", "group", &["bob"]).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION doom() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.body = 'doomed' THEN RAISE EXCEPTION 'doomed by the test'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER doom BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION doom();",
+    )
+    .execute(&stack.db)
+    .await
+    .expect("trigger");
     let alice = stack.token("alice");
     let sent = stack
         .post(
             &alice,
             "sendMessage",
-            json!({"conversationID": uuid::Uuid::now_v7(), "message": "doomed"}),
+            json!({"conversationID": conversation, "message": "doomed"}),
         )
         .await;
     assert_eq!(sent.status, 202);
     let command_id = sent.body["commandId"].as_str().unwrap().to_string();
-
-    let js = async_nats::jetstream::new(stack.nats.clone());
     let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(subjects.command_stream())
-        .await
-        .unwrap()
-        .get_consumer("messages")
-        .await
-        .unwrap();
-    for delivery in 1..=max_deliver {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await
-            .unwrap();
-        let msg = batch.next().await.expect("a delivery").expect("a message");
-        assert_eq!(msg.info().unwrap().delivered, delivery);
-        msg.ack_with(async_nats::jetstream::AckKind::Nak(None))
-            .await
-            .unwrap();
-    }
+    let js = async_nats::jetstream::new(stack.nats.clone());
     let poison_id = uuid::Uuid::now_v7();
     js.publish(
         format!("{}.cmd.messages.sendMessage.{poison_id}", subjects.prefix()),
@@ -842,28 +915,51 @@ async fn commands_that_keep_failing_are_dead_lettered_with_a_readable_status() {
     .await
     .unwrap();
 
-    stack.start_worker().await;
     let outcome = stack.outcome(&alice, &command_id).await;
-    assert_eq!(outcome["status"], "rejected");
-    assert_eq!(outcome["code"], "dead_lettered");
-    for _ in 0..100 {
-        if stack.count("SELECT count(*) FROM dead_letters").await == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let parked: Vec<(uuid::Uuid,)> =
-        sqlx::query_as("SELECT command_id FROM dead_letters ORDER BY at")
+    assert_eq!(outcome["status"], "rejected", "{outcome}");
+    assert_eq!(outcome["code"], "dead_lettered", "{outcome}");
+    stack
+        .wait_count(
+            "SELECT count(*) FROM dead_letters",
+            2,
+            Duration::from_secs(10),
+        )
+        .await;
+    let parked: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT command_id, deliveries::bigint FROM dead_letters ORDER BY at")
             .fetch_all(&stack.db)
             .await
             .unwrap();
-    let parked: BTreeSet<String> = parked.into_iter().map(|(id,)| id.to_string()).collect();
+    let parked: BTreeSet<(String, i64)> = parked
+        .into_iter()
+        .map(|(id, n)| (id.to_string(), n))
+        .collect();
+    // The failing command was delivered max_deliver times and set aside on the next delivery.
     assert_eq!(
         parked,
-        BTreeSet::from([command_id.clone(), poison_id.to_string()])
+        BTreeSet::from([
+            (command_id.clone(), max_deliver as i64 + 1),
+            (poison_id.to_string(), 1)
+        ])
+    );
+    // The worker really tried (and NAKed) each delivery: it logged each failure.
+    let log = stack.log("worker-0");
+    assert_eq!(
+        log.matches("command failed; will be redelivered").count(),
+        max_deliver as usize,
+        "{log}"
     );
     assert_eq!(stack.pending_commands().await, 0);
     assert_eq!(stack.count("SELECT count(*) FROM messages").await, 0);
+    // The conversation goes on.
+    stack
+        .act(
+            "alice",
+            "sendMessage",
+            json!({"conversationID": conversation, "message": "still here"}),
+        )
+        .await;
+    assert_eq!(stack.count("SELECT count(*) FROM messages").await, 1);
 }
 
 /// SIGTERM: the fan-out closes its sockets and exits; the API exits; neither hangs.
@@ -918,7 +1014,7 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
     }
     let mut socket = stack.socket("alice").await;
     for i in 2..4 {
-        assert!(socket.emit("sendMessage", send(i)).await["commandId"].is_string());
+        socket.command("sendMessage", send(i)).await;
     }
     let limited = stack
         .post(&stack.token("alice"), "sendMessage", send(9))
@@ -931,8 +1027,14 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
         .parse()
         .unwrap();
     assert!((1..=3600).contains(&retry));
+    assert_eq!(limited.body["code"], "rate_limited", "{:?}", limited.body);
     let over_socket = socket.emit("sendMessage", send(10)).await;
-    assert_eq!(over_socket["error"]["status"], 429);
+    assert_eq!(over_socket["error"]["status"], 429, "{over_socket}");
+    assert_eq!(
+        over_socket["error"]["code"], "rate_limited",
+        "{over_socket}"
+    );
+    assert!(over_socket.get("commandId").is_none());
     assert_eq!(
         stack
             .post(&stack.token("bob"), "sendMessage", send(11))
@@ -940,14 +1042,20 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
             .status,
         202
     );
+    // The stream's sequence counts every command ingress published: alice's five and bob's one.
+    assert_eq!(
+        stack.commands_published().await,
+        6,
+        "a limited command was published"
+    );
     stack
         .wait_count("SELECT count(*) FROM messages", 5, Duration::from_secs(10))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        stack.count("SELECT count(*) FROM messages").await,
-        5,
-        "a limited command was applied"
+        stack
+            .count("SELECT count(*) FROM messages WHERE body IN ('n9', 'n10')")
+            .await,
+        0
     );
 }
 
@@ -955,15 +1063,7 @@ async fn commands_are_rate_limited_per_user_across_ingress_processes() {
 /// address, count what happened.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_what_happened() {
-    let port = allo_e2e::free_port();
-    let stack = Stack::start(StackOptions {
-        env: vec![(
-            "ALLO_WORKER__METRICS_ADDR".into(),
-            format!("127.0.0.1:{port}"),
-        )],
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::start(StackOptions::default()).await;
     let conv = stack.create_conversation("alice", "group", &["bob"]).await;
     let mut bob = stack.socket("bob").await;
     bob.join(&conv).await;
@@ -986,7 +1086,7 @@ async fn metrics_count_what_happened() {
         api.contains("allo_commands_accepted_total{operation=\"sendMessage\"} 1"),
         "{api}"
     );
-    let worker = text(format!("http://127.0.0.1:{port}/metrics")).await;
+    let worker = stack.metrics_of("worker-0").await.expect("worker metrics");
     assert!(
         worker.contains(
             "allo_commands_applied_total{operation=\"sendMessage\",outcome=\"committed\"} 1"
@@ -996,4 +1096,385 @@ async fn metrics_count_what_happened() {
     let fanout = text(format!("{}/metrics", stack.fanout_url)).await;
     assert!(fanout.contains("allo_events_delivered_total 1"), "{fanout}");
     assert!(fanout.contains("allo_sockets_connected 1"), "{fanout}");
+}
+
+/// `Prefer: wait` gives up after the time asked for and answers 202 like a plain POST; the
+/// command is still applied once a worker runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn prefer_wait_times_out_to_202() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    let alice = stack.token("alice");
+    let started = std::time::Instant::now();
+    let reply = stack
+        .post_raw(
+            Some(&alice),
+            "createConversation",
+            json!({"participants": ["bob"], "type": "group"}).to_string(),
+            &[("prefer", "wait=1")],
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "accepted");
+    let command_id = reply.body["commandId"].as_str().unwrap().to_string();
+    assert_eq!(
+        reply.headers["location"],
+        format!("/api/commands/{command_id}").as_str()
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "waited {waited:?} for a 1 s wait"
+    );
+    stack.start_worker().await;
+    assert_eq!(
+        stack.outcome(&alice, &command_id).await["status"],
+        "committed"
+    );
+}
+
+/// JWT edge cases: a token without `exp` or `sub`, `alg: none`, another algorithm with the
+/// right secret, and expiry just inside and just outside the 5 s leeway.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_edge_cases_are_refused() {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let secret = stack.settings.jwt_secret.clone();
+    let now = chrono::Utc::now().timestamp();
+    let sign = |alg: Algorithm, claims: serde_json::Value| {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("token")
+    };
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(json!({"sub": "alice", "exp": now + 3600}))
+    );
+    let refused = [
+        ("no exp", sign(Algorithm::HS256, json!({"sub": "alice"}))),
+        ("no sub", sign(Algorithm::HS256, json!({"exp": now + 3600}))),
+        ("alg none", unsigned),
+        (
+            "HS512",
+            sign(Algorithm::HS512, json!({"sub": "alice", "exp": now + 3600})),
+        ),
+        (
+            "HS384",
+            sign(Algorithm::HS384, json!({"sub": "alice", "exp": now + 3600})),
+        ),
+        (
+            "expired past the leeway",
+            sign(Algorithm::HS256, json!({"sub": "alice", "exp": now - 30})),
+        ),
+    ];
+    for (what, token) in &refused {
+        let reply = stack.get(Some(token), "/api/conversations").await;
+        let reply = allo_e2e::assert_problem(reply, 401);
+        assert_eq!(reply.headers["www-authenticate"], "Bearer", "{what}");
+        assert!(
+            SocketClient::connect(&stack.fanout_url, token)
+                .await
+                .is_err(),
+            "socket accepted a token with {what}"
+        );
+    }
+    // Inside the leeway (a few seconds of clock skew) the token still works.
+    let skewed = sign(Algorithm::HS256, json!({"sub": "alice", "exp": now - 2}));
+    let reply = stack.get(Some(&skewed), "/api/conversations").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let fresh = sign(Algorithm::HS256, json!({"sub": "alice", "exp": now + 60}));
+    assert_eq!(
+        stack.get(Some(&fresh), "/api/conversations").await.status,
+        200
+    );
+    assert_eq!(stack.commands_published().await, 0);
+}
+
+/// A non-participant can read none of a conversation's parts: one message, pins, the event
+/// log, a poll; a missing conversation is 404, not 403 (no oracle beyond that).
+#[tokio::test(flavor = "multi_thread")]
+async fn non_participants_read_no_message_pin_event_or_poll() {
+    let stack = Stack::start(StackOptions {
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    let m = allo_e2e::id(
+        &stack
+            .act(
+                "alice",
+                "sendMessage",
+                json!({"conversationID": conv, "message": "members only"}),
+            )
+            .await,
+        "messageId",
+    );
+    stack
+        .act(
+            "alice",
+            "pinMessage",
+            json!({"conversationID": conv, "messageId": m, "pin": true}),
+        )
+        .await;
+    let poll = allo_e2e::id(
+        &stack
+            .act(
+                "alice",
+                "createPoll",
+                json!({"conversationID": conv, "question": "Q?", "options": ["a", "b"]}),
+            )
+            .await,
+        "messageId",
+    );
+    let paths = [
+        format!("/api/conversations/{conv}/messages/{m}"),
+        format!("/api/conversations/{conv}/pins"),
+        format!("/api/conversations/{conv}/events?after=0"),
+        format!("/api/conversations/{conv}/polls/{poll}"),
+    ];
+    let (bob, carol) = (stack.token("bob"), stack.token("carol"));
+    for path in &paths {
+        // A member reads it: the refusal below is about carol, not about the path.
+        assert_eq!(stack.get(Some(&bob), path).await.status, 200, "{path}");
+        let reply = allo_e2e::assert_problem(stack.get(Some(&carol), path).await, 403);
+        assert_eq!(reply.body["code"], "not_participant", "{path}");
+        assert!(
+            !reply.body.to_string().contains("members only"),
+            "{path} leaked content"
+        );
+    }
+    let missing = uuid::Uuid::now_v7();
+    let reply = stack
+        .get(
+            Some(&carol),
+            &format!("/api/conversations/{missing}/messages/{m}"),
+        )
+        .await;
+    assert_eq!(
+        allo_e2e::assert_problem(reply, 404).body["code"],
+        "not_found"
+    );
+}
+
+/// Commands that arrive together are applied in one batch; one refused (a non-participant's)
+/// leaves no trace but its rejection, and the others commit with gap-free seqs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_command_in_a_batch_does_not_disturb_the_others() {
+    let mut stack = Stack::start(StackOptions {
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    assert!(stack.terminate("worker-0").await);
+    let mut ids = Vec::new();
+    for (i, user) in ["alice", "bob", "carol", "alice", "bob"].iter().enumerate() {
+        let reply = stack
+            .post(
+                &stack.token(user),
+                "sendMessage",
+                json!({"conversationID": conv, "message": format!("{user} {i}")}),
+            )
+            .await;
+        assert_eq!(reply.status, 202);
+        ids.push((*user, allo_e2e::id(&reply.body, "commandId")));
+    }
+    stack.wait_pending(5, Duration::from_secs(5)).await;
+    stack.start_worker().await;
+    for (user, command) in &ids {
+        let outcome = stack.outcome(&stack.token(user), command).await;
+        if *user == "carol" {
+            assert_eq!(
+                (outcome["status"].as_str(), outcome["code"].as_str()),
+                (Some("rejected"), Some("not_participant"))
+            );
+        } else {
+            assert_eq!(outcome["status"], "committed", "{outcome}");
+        }
+    }
+    let log: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, coalesce(data->>'message', '') FROM events ORDER BY seq")
+            .fetch_all(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        log.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert!(log.iter().all(|(_, text)| !text.starts_with("carol")));
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM messages WHERE author_id = 'carol'")
+            .await,
+        0
+    );
+    assert_eq!(stack.count("SELECT last_seq FROM conversations").await, 5);
+}
+
+/// A batch whose transaction fails as a whole (here a deferred trigger refuses one row at
+/// commit) is settled one command at a time: the others commit, the bad one is retried with a
+/// delay and dead-lettered, and the conversation's seqs stay gap-free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_batch_falls_back_to_one_command_at_a_time() {
+    let mut stack = Stack::start(StackOptions {
+        fanout: false,
+        env: vec![("ALLO_JETSTREAM__MAX_DELIVER".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION doom_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.body = 'fails at commit' THEN RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER doom_at_commit AFTER INSERT ON messages
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION doom_at_commit();",
+    )
+    .execute(&stack.db)
+    .await
+    .expect("trigger");
+    assert!(stack.terminate("worker-0").await);
+    let alice = stack.token("alice");
+    let mut ids = Vec::new();
+    for text in ["one", "two", "fails at commit", "three", "four"] {
+        let reply = stack
+            .post(
+                &alice,
+                "sendMessage",
+                json!({"conversationID": conv, "message": text}),
+            )
+            .await;
+        assert_eq!(reply.status, 202);
+        ids.push((text, allo_e2e::id(&reply.body, "commandId")));
+    }
+    stack.wait_pending(5, Duration::from_secs(5)).await;
+    let worker = stack.start_worker().await;
+    for (text, command) in &ids {
+        let outcome = stack.outcome(&alice, command).await;
+        if *text == "fails at commit" {
+            assert_eq!(
+                (outcome["status"].as_str(), outcome["code"].as_str()),
+                (Some("rejected"), Some("dead_lettered")),
+                "{outcome}"
+            );
+        } else {
+            assert_eq!(outcome["status"], "committed", "{text}: {outcome}");
+        }
+    }
+    assert!(
+        stack
+            .log(&worker)
+            .contains("batch failed; applying one by one"),
+        "the batch did not fall back: {}",
+        stack.log(&worker)
+    );
+    let texts: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT seq, data->>'message' FROM events WHERE type = 'message' ORDER BY seq",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        texts,
+        vec![
+            (2, "one".to_string()),
+            (3, "two".to_string()),
+            (4, "three".to_string()),
+            (5, "four".to_string())
+        ]
+    );
+    assert_eq!(stack.count("SELECT count(*) FROM dead_letters").await, 1);
+    stack.wait_pending(0, Duration::from_secs(5)).await;
+}
+
+/// SIGTERM while commands are in flight: the worker finishes the ones it started, hands back
+/// the ones it holds but has not started (so another process takes them at once, not after
+/// `ack_wait`), and exits cleanly; every command is applied once.
+///
+/// Fails today: the pull loop stops its message stream on shutdown (`take_until`) and the
+/// commands JetStream already delivered into it are dropped without a NAK, so they wait for
+/// `ack_wait` (3 of 60 here). Run with `--ignored` once the worker rewrite hands them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminated_worker_hands_back_what_it_has_not_started() {
+    let mut stack = Stack::start(StackOptions {
+        fanout: false,
+        ack_wait_secs: 60,
+        env: vec![("ALLO_WORKER__BATCH_SIZE".into(), "4".into())],
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    // Hold the conversation's row lock so the worker's first batches block mid-apply.
+    let mut blocker = stack.db.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
+        .bind(&conv)
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let alice = stack.token("alice");
+    for i in 0..60 {
+        let reply = stack
+            .post(
+                &alice,
+                "sendMessage",
+                json!({"conversationID": conv, "message": format!("m{i}")}),
+            )
+            .await;
+        assert_eq!(reply.status, 202);
+    }
+    // The worker holds more than one batch: some blocked mid-apply, some not started.
+    let js = async_nats::jetstream::new(stack.nats.clone());
+    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let stream = js.get_stream(subjects.command_stream()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut held = 0;
+    while tokio::time::Instant::now() < deadline {
+        held = stream
+            .consumer_info("messages")
+            .await
+            .unwrap()
+            .num_ack_pending;
+        if held > 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(held > 4, "the worker took only {held}");
+    stack.signal("worker-0", "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.rollback().await.expect("unlock");
+    assert!(
+        stack.wait_exit("worker-0", Duration::from_secs(20)).await,
+        "the worker did not exit cleanly"
+    );
+    // Well inside the 60 s ack_wait: what the worker held but had not started came back at once.
+    stack.start_worker().await;
+    stack
+        .wait_count("SELECT count(*) FROM messages", 60, Duration::from_secs(20))
+        .await;
+    let seqs: Vec<(i64,)> = sqlx::query_as("SELECT seq FROM events ORDER BY seq")
+        .fetch_all(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs.into_iter().map(|(s,)| s).collect::<Vec<_>>(),
+        (1..=61).collect::<Vec<_>>()
+    );
+    stack.wait_pending(0, Duration::from_secs(5)).await;
 }
