@@ -42,6 +42,11 @@ pub async fn publish(
     subjects: &Subjects,
     envelope: &CommandEnvelope,
 ) -> Result<(), String> {
+    // The client buffers publishes while disconnected and sends them on reconnect, after the
+    // request was answered 503: refuse up front instead, so a 503 means "not stored".
+    if js.client().connection_state() != async_nats::connection::State::Connected {
+        return Err("command not accepted: NATS is not connected".into());
+    }
     let subject = subjects.command(envelope.command.operation(), envelope.command_id);
     let payload = serde_json::to_vec(envelope).map_err(|e| e.to_string())?;
     let message = PublishMessage::build()

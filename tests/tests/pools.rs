@@ -482,6 +482,7 @@ async fn expired_messages_are_swept_once_each() {
         env: vec![
             ("ALLO_WORKER__SCHEDULER_TICK_MS".into(), "100".into()),
             ("ALLO_WORKER__SCHEDULER_BATCH".into(), "3".into()),
+            ("ALLO_LIMITS__RATE_MAX_PER_WINDOW".into(), "1000".into()),
         ],
         ..Default::default()
     })
@@ -490,14 +491,22 @@ async fn expired_messages_are_swept_once_each() {
     let conv = stack.create_conversation("alice", "group", &["bob"]).await;
     let mut bob = stack.socket("bob").await;
     bob.join(&conv).await;
-    // Sent together so they expire together and both sweepers find work.
-    let n = 24;
+    // Sent over about a second, so they expire over about a second: both sweepers (ticking
+    // every 100 ms) find work, instead of the first to tick draining one burst alone.
+    let n = 60;
     let sends = (0..n).map(|i| {
-        stack.act(
-            "alice",
-            "sendEphemeralMessage",
-            json!({"conversationID": conv, "message": format!("gone {i}"), "expiresIn": 1000}),
-        )
+        let stack = &stack;
+        let conv = &conv;
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+            stack
+                .act(
+                    "alice",
+                    "sendEphemeralMessage",
+                    json!({"conversationID": conv, "message": format!("gone {i}"), "expiresIn": 2000}),
+                )
+                .await
+        }
     });
     let sent: BTreeSet<String> = futures::future::join_all(sends)
         .await
