@@ -140,6 +140,10 @@ if [[ ",$systems," == *,allo,* ]]; then
     --pg-dbs "$allo_db" --system api,workers,fanout,nats,pg
   if [ $do_ingress = 1 ]; then
     stop_pid "$workers_pid" # the ingress alone: commands pile up in the stream, nothing applies them
+    # ... past the overload bound (5,000 waiting commands by default), so lift it for this run.
+    stop_pid "$api_pid"
+    ALLO_JETSTREAM__COMMAND_MAX_MESSAGES=10000000 "$bin/allo-api" >"$out/api-ingress.log" 2>&1 & api_pid=$!; pids+=($!)
+    wait_ready "http://$api_addr/readyz" "$out/api-ingress.log" "$api_pid"
     WRK_PAIRS="$out/pairs-allo.txt" ingress_wrk allo "http://$api_addr"
   fi
   for p in "$api_pid" "$fanout_pid" "$workers_pid"; do stop_pid "$p"; done

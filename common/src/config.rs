@@ -128,8 +128,10 @@ pub struct FanoutSettings {
 pub struct WorkerSettings {
     /// Commands fetched per pull request, and the most applied in one transaction.
     pub batch_size: usize,
-    /// Batches one process applies at once (each batch is one transaction holding one database
-    /// connection, so keep it at or below `database_max_connections`).
+    /// Lanes per pool in one process: batches applied at once, each lane owning the
+    /// conversations that hash to it (each batch is one transaction holding one database
+    /// connection). Fewer lanes make larger batches, so fewer transactions: on 2 cores, 8 lanes
+    /// cost Postgres about twice the CPU of 2-4 for the same load (bench/openloop.sh).
     pub concurrency: usize,
     /// How often the outbox relay looks for committed events that were never published.
     pub relay_interval_ms: u64,
@@ -189,7 +191,7 @@ impl Default for Settings {
             },
             worker: WorkerSettings {
                 batch_size: 64,
-                concurrency: 8,
+                concurrency: 4,
                 relay_interval_ms: 1000,
                 relay_grace_ms: 2000,
                 scheduler_tick_ms: 250,
