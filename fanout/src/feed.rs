@@ -31,6 +31,12 @@ use tokio::time::Instant;
 const LOG_PAGE: i64 = 200;
 /// Quiet time after which the feed checks the log for a lost last event.
 const TAIL_CHECK: Duration = Duration::from_secs(1);
+/// How often a cut-off socket's disconnect packet is offered again while its buffer is full.
+const CUT_OFF_RETRY: Duration = Duration::from_millis(100);
+/// How long a cut-off socket's disconnect packet is offered. Longer than engine.io's ping
+/// interval plus ping timeout (25 s + 20 s by default): a client that stops reading for that
+/// long has had its transport closed by the heartbeat, which is its disconnect.
+const CUT_OFF_PATIENCE: Duration = Duration::from_secs(60);
 
 pub enum FeedCommand {
     Join {
@@ -307,7 +313,7 @@ impl Feed {
         }
         for sid in gone {
             if let Some(member) = self.members.remove(&sid) {
-                let _ = member.socket.clone().disconnect();
+                cut_off(member.socket);
             }
         }
         // Who left or was removed stops receiving at once (after seeing that event).
@@ -492,6 +498,36 @@ impl Feed {
             _ => {}
         }
     }
+}
+
+/// Disconnects a socket whose send buffer is full, without waiting for it.
+///
+/// socketioxide's `disconnect()` queues a disconnect packet and refuses (`InternalChannelFull`)
+/// while the buffer is full, and 0.18 offers no public way to close the engine.io transport
+/// instead. So the socket leaves every room at once (nothing more is queued for it: the feed
+/// already dropped it) and a task offers the packet again until the client has read enough to
+/// make room; the client then sees `io server disconnect` after the events already buffered. A
+/// client that stops reading altogether fails engine.io's heartbeat (no room for the ping, or
+/// no pong), which closes its session: it sees the transport close when it reads again.
+fn cut_off(socket: SocketRef) {
+    socket.leave_all();
+    if socket.clone().disconnect().is_ok() {
+        return;
+    }
+    tokio::spawn(async move {
+        let give_up = Instant::now() + CUT_OFF_PATIENCE;
+        let mut retry = tokio::time::interval(CUT_OFF_RETRY);
+        loop {
+            retry.tick().await;
+            if !socket.connected() || socket.clone().disconnect().is_ok() {
+                return;
+            }
+            if Instant::now() >= give_up {
+                tracing::warn!(sid = %socket.id, "slow socket never made room for its disconnect; left to the heartbeat");
+                return;
+            }
+        }
+    });
 }
 
 async fn load_events(
