@@ -130,8 +130,9 @@ pub struct WorkerSettings {
     pub batch_size: usize,
     /// Lanes per pool in one process: batches applied at once, each lane owning the
     /// conversations that hash to it (each batch is one transaction holding one database
-    /// connection). Fewer lanes make larger batches, so fewer transactions: on 2 cores, 8 lanes
-    /// cost Postgres about twice the CPU of 2-4 for the same load (bench/openloop.sh).
+    /// connection). Fewer lanes make larger batches, so fewer transactions: on 2 cores, 4 lanes
+    /// cost Postgres about 1.5 times the CPU of 2 for the same load, 8 about twice
+    /// (bench/openloop.sh). Raise it with the database's cores.
     pub concurrency: usize,
     /// How often the outbox relay looks for committed events that were never published.
     pub relay_interval_ms: u64,
@@ -191,7 +192,7 @@ impl Default for Settings {
             },
             worker: WorkerSettings {
                 batch_size: 64,
-                concurrency: 4,
+                concurrency: 2,
                 relay_interval_ms: 1000,
                 relay_grace_ms: 2000,
                 scheduler_tick_ms: 250,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::Settings;
 
@@ -13,6 +13,22 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
         .max_connections(settings.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect(&settings.database_url)
+        .await
+}
+
+/// The workers' pool: as [`connect`], with generic plans for prepared statements. The batch
+/// statements are large and run with every batch; left to choose, Postgres plans them afresh
+/// on each execution (a custom plan), which measured at about three times their execution
+/// (`pg_stat_statements`, bench/openloop.sh). Their plans do not depend on the values bound.
+pub async fn connect_worker(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    let options = settings
+        .database_url
+        .parse::<PgConnectOptions>()?
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
         .await
 }
 

@@ -67,7 +67,7 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let db = allo_common::db::connect(&settings)
+    let db = allo_common::db::connect_worker(&settings)
         .await
         .context("connecting to Postgres")?;
     if settings.migrate_on_start {
