@@ -361,7 +361,18 @@ impl Feed {
                 (false, 0, self.delivered)
             }
             Some(seen) => match self.replay(&socket, seen).await {
-                Ok(n) => (true, n, self.delivered),
+                Ok(Replayed::All(n)) => (true, n, self.delivered),
+                Ok(Replayed::BufferFull) => {
+                    // Joining now would leave a gap behind what it did get: treat it as the
+                    // slow consumer it is; it reconnects and resumes from what it saw.
+                    metrics::counter!("allo_slow_consumers_total").increment(1);
+                    cut_off(socket);
+                    return json!({
+                        "joined": false,
+                        "conversationID": self.conversation,
+                        "code": "slow_consumer",
+                    });
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "replay failed");
                     (false, 0, self.delivered)
@@ -389,7 +400,7 @@ impl Feed {
     }
 
     /// Sends the socket every logged event after `seen` up to the delivered seq.
-    async fn replay(&self, socket: &SocketRef, seen: i64) -> Result<i64, sqlx::Error> {
+    async fn replay(&self, socket: &SocketRef, seen: i64) -> Result<Replayed, sqlx::Error> {
         let mut cursor = seen;
         let mut sent = 0;
         while cursor < self.delivered {
@@ -410,13 +421,13 @@ impl Feed {
                     .emit(event.kind.as_str(), &event.socket_payload())
                     .is_err()
                 {
-                    return Ok(sent);
+                    return Ok(Replayed::BufferFull);
                 }
                 sent += 1;
                 metrics::counter!("allo_events_replayed_total").increment(1);
             }
         }
-        Ok(sent)
+        Ok(Replayed::All(sent))
     }
 
     async fn signal(&self, kind: &str, body: &Value) {
@@ -498,6 +509,14 @@ impl Feed {
             _ => {}
         }
     }
+}
+
+/// How a replay ended.
+enum Replayed {
+    /// Every missed event was queued on the socket (this many).
+    All(i64),
+    /// The socket's buffer filled up part-way.
+    BufferFull,
 }
 
 /// Disconnects a socket whose send buffer is full, without waiting for it.

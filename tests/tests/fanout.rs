@@ -869,3 +869,44 @@ async fn a_slow_consumer_is_told_it_was_disconnected() {
         bob.backlog().len(),
     );
 }
+
+/// A resume whose replay does not fit the socket's send buffer is refused and the socket cut
+/// off (it reconnects and resumes from what it saw), never joined with part of the replay
+/// missing behind `recovered: true`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_that_overflows_the_buffer_is_refused_not_cut_short() {
+    let stack = Stack::start(StackOptions {
+        env: vec![
+            ("ALLO_FANOUT__SOCKET_BUFFER".into(), "8".into()),
+            ("ALLO_LIMITS__RATE_MAX_PER_WINDOW".into(), "100000".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    send_many(&stack, &conv, &["alice"], 40).await;
+    stack
+        .wait_count("SELECT count(*) FROM messages", 40, Duration::from_secs(30))
+        .await;
+    let mut late = stack.socket("bob").await;
+    let ack = late
+        .emit(
+            "joinConversation",
+            json!({"conversationID": conv, "lastSeq": 1}),
+        )
+        .await;
+    let replayed_all =
+        ack["joined"] == true && ack["recovered"] == true && ack["replayed"].as_i64() == Some(40);
+    let refused = ack["joined"] == false && ack["code"] == "slow_consumer";
+    assert!(
+        replayed_all || refused,
+        "a join must replay everything missed or refuse: {ack}"
+    );
+    assert!(refused, "40 events cannot fit a buffer of 8: {ack}");
+    assert!(
+        late.next_kind("disconnect", Duration::from_secs(20))
+            .await
+            .is_some(),
+        "the socket is cut off so it reconnects"
+    );
+}
