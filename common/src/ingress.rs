@@ -86,8 +86,11 @@ pub struct RateLeases {
     unspent: std::sync::Mutex<UnspentTokens>,
 }
 
-type UnspentTokens =
-    std::collections::HashMap<(crate::ids::UserId, u64), std::sync::Arc<tokio::sync::Mutex<u64>>>;
+/// The current window and each user's unspent tokens in it.
+type UnspentTokens = (
+    u64,
+    std::collections::HashMap<crate::ids::UserId, std::sync::Arc<tokio::sync::Mutex<u64>>>,
+);
 
 impl RateLeases {
     /// The user's unspent tokens in this window (a fresh, empty slot the first time).
@@ -99,10 +102,17 @@ impl RateLeases {
         let Ok(mut unspent) = self.unspent.lock() else {
             return Default::default();
         };
-        // Leases of past windows are worthless; dropping them bounds the map by the users
-        // active in the current window.
-        unspent.retain(|(_, w), _| *w >= window);
-        unspent.entry((user.clone(), window)).or_default().clone()
+        let (current, users) = &mut *unspent;
+        if window > *current {
+            // Leases of past windows are worthless: dropping them all when a window starts
+            // bounds the map by the users active in the current one, at no cost per request.
+            *current = window;
+            users.clear();
+        } else if window < *current {
+            // A request that read the clock just before the window turned: no lease for it.
+            return Default::default();
+        }
+        users.entry(user.clone()).or_default().clone()
     }
 }
 

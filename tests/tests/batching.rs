@@ -247,3 +247,56 @@ async fn a_worker_killed_in_the_middle_of_a_backlog_loses_nothing_and_applies_no
     assert_eq!(distinct.len(), texts.len(), "none applied twice");
     assert_eq!(seqs, (1..=total + 1).collect::<Vec<i64>>(), "gap-free seqs");
 }
+
+/// Overload is refused, not queued for ever: past the command backlog bound, ingress answers
+/// 503 with `Retry-After`, stores nothing, and accepts again once the workers drain it.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_backlog_bound_ingress_answers_503_and_stores_nothing() {
+    let (mut stack, conversation) =
+        backlogged_stack(&[("ALLO_JETSTREAM__COMMAND_MAX_MESSAGES", "5")]).await;
+    let send = |text: &str| json!({"conversationID": conversation, "message": text});
+    for i in 0..5 {
+        let reply = stack
+            .post(&stack.token("alice"), "sendMessage", send(&format!("q{i}")))
+            .await;
+        assert_eq!(reply.status, 202, "{:?}", reply.body);
+    }
+    let refused = allo_e2e::assert_problem(
+        stack
+            .post(&stack.token("alice"), "sendMessage", send("one too many"))
+            .await,
+        503,
+    );
+    assert_eq!(refused.body["code"], "unavailable", "{:?}", refused.body);
+    assert!(
+        refused.headers.get("retry-after").is_some(),
+        "503 without Retry-After"
+    );
+    assert_eq!(
+        stack.pending_commands().await,
+        5,
+        "the refused one was kept"
+    );
+    stack.start_worker().await;
+    stack
+        .wait_count("SELECT count(*) FROM messages", 5, Duration::from_secs(30))
+        .await;
+    stack.wait_pending(0, Duration::from_secs(10)).await;
+    let again = stack
+        .post(
+            &stack.token("alice"),
+            "sendMessage",
+            send("after the drain"),
+        )
+        .await;
+    assert_eq!(again.status, 202, "{:?}", again.body);
+    stack
+        .wait_count("SELECT count(*) FROM messages", 6, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM messages WHERE body = 'one too many'")
+            .await,
+        0
+    );
+}

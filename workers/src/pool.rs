@@ -166,9 +166,14 @@ impl Worker {
                 let Some(msg) = msg else {
                     // What the pull already delivered to this process goes back now, not
                     // after ack_wait: read it out for a moment and nak it.
-                    while let Ok(Some(msg)) =
-                        tokio::time::timeout(HAND_BACK_DRAIN, messages.next()).await
+                    // At most what the open pull requests can have sent us: past that the
+                    // stream would only be pulling new work to hand straight back.
+                    let mut left = 2 * batch_size;
+                    while left > 0
+                        && let Ok(Some(msg)) =
+                            tokio::time::timeout(HAND_BACK_DRAIN, messages.next()).await
                     {
+                        left -= 1;
                         if let Ok(msg) = msg {
                             hand_back(&msg).await;
                         }
