@@ -46,7 +46,7 @@ export ALLO_NATS_URL="${ALLO_NATS_URL:-nats://127.0.0.1:4222}"
 pg_base="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
 allo_db="allo_bench_$id" node_db="allo_bench_node_$id"
 prefix="bench$id"; stream_base=$(echo "$prefix" | tr a-z- A-Z_)
-secret="bench-secret-$id" # one secret for every system: the same tokens drive each of them
+secret="bench-secret-$id-0123456789abcdef" # one secret for every system: the same tokens drive each of them
 psql_() { psql "$pg_base/postgres" -v ON_ERROR_STOP=1 -qtAc "$1"; }
 
 pids=() made_dbs=()

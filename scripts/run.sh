@@ -10,6 +10,9 @@ set -euo pipefail
 source "$(dirname "$0")/services.sh"
 cd "$ALLO_ROOT"
 
+# A newcomer's stack: dev mode, chosen explicitly (the built-in dev secret unless
+# ALLO_JWT_SECRET is set, `allo-api token`, loopback only). Services default to production.
+export ALLO_ENVIRONMENT="${ALLO_ENVIRONMENT:-dev}"
 export ALLO_NATS_URL="${ALLO_NATS_URL:-nats://127.0.0.1:4222}"
 export ALLO_DATABASE_URL="${ALLO_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/allo}"
 export ALLO_API_ADDR="${ALLO_API_ADDR:-127.0.0.1:5000}"

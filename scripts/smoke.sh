@@ -21,7 +21,7 @@ mkdir -p "$ALLO_PG_DIR"; [ "$(id -u)" -eq 0 ] && chmod 755 "$scratch" && chown p
 export ALLO_NATS_URL="nats://127.0.0.1:$nats_port"
 export ALLO_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/allo"
 export ALLO_API_ADDR="127.0.0.1:$api_port" ALLO_FANOUT_ADDR="127.0.0.1:$fanout_port"
-export ALLO_JWT_SECRET="smoke-$(date +%s%N)-secret"
+export ALLO_JWT_SECRET="smoke-$(date +%s%N)-secret-0123456789"
 
 ensure_node
 [ -d tests/js/node_modules ] || (cd tests/js && npm ci --no-audit --no-fund --silent)

@@ -40,6 +40,8 @@ pub struct AppState {
 impl AppState {
     /// Connects lazily to Postgres (ingress keeps accepting commands while it is down).
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        // First: a service that would accept forged tokens must not even connect.
+        let keys = TokenKeys::from_settings(&settings)?;
         let db = allo_common::db::connect_lazy(&settings).context("database URL")?;
         let nats = allo_common::jetstream::connect(&settings, "allo-api")
             .await
@@ -50,7 +52,7 @@ impl AppState {
         allo_common::jetstream::provision(&js, &settings).await?;
         Ok(Self {
             subjects: Subjects::new(&settings.subject_prefix),
-            keys: TokenKeys::from_secret(&settings.jwt_secret),
+            keys,
             settings: Arc::new(settings),
             db,
             nats,

@@ -2,6 +2,7 @@
 
 use allo_common::Settings;
 use allo_common::auth::TokenKeys;
+use allo_common::config::Environment;
 use allo_common::ids::UserId;
 use clap::{Parser, Subcommand};
 
@@ -42,10 +43,16 @@ async fn main() -> anyhow::Result<()> {
             ttl_hours,
         }) => {
             let user = UserId::parse(&user).map_err(|e| anyhow::anyhow!("user: {e}"))?;
-            let keys = TokenKeys::from_secret(&settings.jwt_secret);
+            // Minting is a dev tool: outside dev mode tokens come from the identity provider.
+            if settings.environment != Environment::Dev {
+                anyhow::bail!(
+                    "allo-api token mints tokens in dev mode only (ALLO_ENVIRONMENT=dev)"
+                );
+            }
+            let keys = TokenKeys::from_settings(&settings)?;
             println!(
                 "{}",
-                keys.mint(&user, &roles, chrono::Duration::hours(ttl_hours))
+                keys.mint(&user, &roles, chrono::Duration::hours(ttl_hours))?
             );
             Ok(())
         }

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The secret a dev stack signs tokens with; production refuses to start with it.
+mod auth;
+pub use auth::{AuthSettings, JwtAlgorithm};
+
+/// The secret a dev stack signs tokens with: public, so it works only in an explicitly chosen
+/// dev mode, on loopback.
 pub const DEV_JWT_SECRET: &str = "allo-dev-secret-do-not-use-in-production";
 
 #[derive(Debug, thiserror::Error)]
@@ -21,12 +25,16 @@ pub enum ConfigError {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    /// `dev` or `production`; production refuses the built-in JWT secret.
+    /// `production` unless dev mode is chosen explicitly (`ALLO_ENVIRONMENT=dev`). Only dev mode
+    /// accepts the built-in JWT secret and mints tokens, and it listens on loopback only.
     pub environment: Environment,
     pub database_url: String,
     pub nats_url: String,
-    /// HS256 secret for bearer tokens and socket handshakes. Never logged.
+    /// HS256 secret for bearer tokens and socket handshakes (at least 32 bytes). Empty: the
+    /// built-in dev secret in dev mode, an error otherwise (unless `auth.public_key_file`
+    /// verifies tokens instead). Never logged.
     pub jwt_secret: String,
+    pub auth: AuthSettings,
     pub api_addr: SocketAddr,
     pub fanout_addr: SocketAddr,
     /// Namespaces subjects, streams and consumers so deployments (and test runs) can share NATS.
@@ -150,10 +158,11 @@ pub struct WorkerSettings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            environment: Environment::Dev,
+            environment: Environment::Production,
             database_url: "postgres://postgres@127.0.0.1:5432/allo".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
-            jwt_secret: DEV_JWT_SECRET.into(),
+            jwt_secret: String::new(),
+            auth: AuthSettings::default(),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
             fanout_addr: SocketAddr::from(([127, 0, 0, 1], 5001)),
             subject_prefix: "allo".into(),
@@ -218,7 +227,7 @@ impl Settings {
         if let Ok(path) = std::env::var("ALLO_CONFIG") {
             builder = builder.add_source(config::File::with_name(&path).required(true));
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .add_source(
                 config::Environment::with_prefix("ALLO")
                     .prefix_separator("_")
@@ -229,23 +238,16 @@ impl Settings {
             )
             .build()?
             .try_deserialize()?;
+        if settings.environment == Environment::Dev && settings.jwt_secret.is_empty() {
+            settings.jwt_secret = DEV_JWT_SECRET.into();
+        }
         settings.validate()?;
         Ok(settings)
     }
 
     /// Refuses settings that would run but be wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.environment == Environment::Production && self.jwt_secret == DEV_JWT_SECRET {
-            return Err(ConfigError::Invalid(
-                "ALLO_JWT_SECRET must be set in production (the built-in dev secret is public)"
-                    .into(),
-            ));
-        }
-        if self.jwt_secret.len() < 16 {
-            return Err(ConfigError::Invalid(
-                "ALLO_JWT_SECRET must be at least 16 bytes".into(),
-            ));
-        }
+        self.validate_environment()?;
         crate::subjects::validate_prefix(&self.subject_prefix).map_err(ConfigError::Invalid)?;
         if self.worker.concurrency == 0
             || self.worker.concurrency + 2 > self.database_max_connections as usize
@@ -264,6 +266,51 @@ impl Settings {
         Ok(())
     }
 
+    /// Dev mode listens on loopback only: its tokens are signed with a public secret.
+    fn validate_environment(&self) -> Result<(), ConfigError> {
+        let addrs = [
+            Some(self.api_addr),
+            Some(self.fanout_addr),
+            self.worker.metrics_addr,
+        ];
+        if self.environment == Environment::Dev
+            && addrs.iter().flatten().any(|a| !a.ip().is_loopback())
+        {
+            return Err(ConfigError::Invalid(
+                "dev mode listens on loopback only (api_addr, fanout_addr, worker.metrics_addr); \
+                 set ALLO_ENVIRONMENT=production to serve others"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// For the services that verify tokens (api, fan-out; workers never see one). Safe by
+    /// default: the public dev secret only in dev mode, and a real secret (or a verification
+    /// key) everywhere else.
+    pub fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |why: &str| Err(ConfigError::Invalid(why.into()));
+        if self.environment == Environment::Production && self.jwt_secret == DEV_JWT_SECRET {
+            return invalid(
+                "the built-in dev JWT secret is public: set ALLO_JWT_SECRET, or choose dev mode \
+                 explicitly with ALLO_ENVIRONMENT=dev",
+            );
+        }
+        match self.auth.algorithm {
+            JwtAlgorithm::Hs256 if self.jwt_secret.len() < 32 => invalid(
+                "ALLO_JWT_SECRET must be set, at least 32 bytes (or use auth.algorithm rs256/eddsa \
+                 with auth.public_key_file)",
+            ),
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Eddsa if self.auth.public_key_file.is_none() => {
+                invalid("auth.public_key_file is required for rs256 and eddsa")
+            }
+            _ if self.auth.max_lifetime_secs == 0 => {
+                invalid("auth.max_lifetime_secs must be positive")
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.jetstream.ack_wait_secs)
     }
@@ -277,6 +324,7 @@ impl std::fmt::Debug for Settings {
             .field("database_url", &redact_url(&self.database_url))
             .field("nats_url", &redact_url(&self.nats_url))
             .field("jwt_secret", &"<redacted>")
+            .field("auth", &self.auth)
             .field("api_addr", &self.api_addr)
             .field("fanout_addr", &self.fanout_addr)
             .field("subject_prefix", &self.subject_prefix)
@@ -305,28 +353,63 @@ fn redact_url(url: &str) -> String {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "a-real-secret-of-enough-length-0123";
+
     #[test]
-    fn production_refuses_the_dev_secret() {
+    fn nothing_configured_is_refused() {
+        // The default is production with no secret: it must not start.
+        assert!(Settings::default().validate_auth().is_err());
         let settings = Settings {
-            environment: Environment::Production,
+            jwt_secret: SECRET.into(),
             ..Settings::default()
         };
-        assert!(settings.validate().is_err());
-        let settings = Settings {
-            jwt_secret: "a-real-secret-of-enough-length".into(),
-            ..settings
+        assert!(settings.validate_auth().is_ok());
+    }
+
+    #[test]
+    fn production_refuses_the_dev_secret_and_short_secrets() {
+        for secret in [DEV_JWT_SECRET, "short-secret-0123456789"] {
+            let settings = Settings {
+                jwt_secret: secret.into(),
+                ..Settings::default()
+            };
+            assert!(settings.validate_auth().is_err(), "{secret} accepted");
+        }
+    }
+
+    #[test]
+    fn dev_mode_takes_the_dev_secret_on_loopback_only() {
+        let dev = Settings {
+            environment: Environment::Dev,
+            jwt_secret: DEV_JWT_SECRET.into(),
+            ..Settings::default()
         };
-        assert!(settings.validate().is_ok());
+        assert!(dev.validate().is_ok() && dev.validate_auth().is_ok());
+        let exposed = Settings {
+            api_addr: SocketAddr::from(([0, 0, 0, 0], 5000)),
+            ..dev.clone()
+        };
+        assert!(exposed.validate().is_err());
+    }
+
+    #[test]
+    fn public_key_algorithms_need_a_key() {
+        let mut settings = Settings::default();
+        settings.auth.algorithm = JwtAlgorithm::Rs256;
+        assert!(settings.validate_auth().is_err());
+        settings.auth.public_key_file = Some("/etc/allo/idp.pem".into());
+        assert!(settings.validate_auth().is_ok());
     }
 
     #[test]
     fn debug_output_hides_secrets() {
         let settings = Settings {
             database_url: "postgres://allo:hunter2@db/allo".into(),
+            jwt_secret: SECRET.into(),
             ..Settings::default()
         };
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"));
-        assert!(!shown.contains(DEV_JWT_SECRET));
+        assert!(!shown.contains(SECRET));
     }
 }

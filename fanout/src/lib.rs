@@ -9,6 +9,7 @@
 pub mod feed;
 pub mod socket;
 pub mod state;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // First: a service that would accept forged tokens must not even connect.
+    let keys = allo_common::auth::TokenKeys::from_settings(&settings)?;
     let addr = settings.fanout_addr;
     allo_common::telemetry::metrics();
     let db = allo_common::db::connect_lazy(&settings).context("database URL")?;
@@ -39,7 +42,7 @@ pub async fn serve(
         .context("connecting to NATS")?;
     allo_common::jetstream::provision(&async_nats::jetstream::new(nats.clone()), &settings).await?;
     let socket_buffer = settings.fanout.socket_buffer;
-    let fanout = Arc::new(Fanout::new(settings, db, nats));
+    let fanout = Arc::new(Fanout::new(settings, keys, db, nats));
     let (layer, io) = SocketIo::builder()
         // A socket that cannot take this many queued packets is disconnected, not buffered
         // without bound.

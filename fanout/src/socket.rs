@@ -82,7 +82,11 @@ pub async fn authenticate(
     Ok(())
 }
 
-pub async fn on_connect(socket: SocketRef, Extension(caller): Extension<Caller>) {
+pub async fn on_connect(
+    socket: SocketRef,
+    Extension(caller): Extension<Caller>,
+    State(fanout): State<Arc<Fanout>>,
+) {
     tracing::debug!(sid = %socket.id, user = %caller.user, "socket connected");
     metrics::gauge!("allo_sockets_connected").increment(1.0);
     socket.join(user_room(&caller.user));
@@ -93,6 +97,7 @@ pub async fn on_connect(socket: SocketRef, Extension(caller): Extension<Caller>)
     socket.on("leaveConversation", leave_conversation);
     socket.on("typing", typing);
     socket.on("presence", presence);
+    socket.on("refreshToken", crate::token::refresh);
     for op in COMMAND_EVENTS {
         socket.on(
             op.as_str(),
@@ -105,10 +110,14 @@ pub async fn on_connect(socket: SocketRef, Extension(caller): Extension<Caller>)
         );
     }
     socket.on_disconnect(on_disconnect);
+    crate::token::watch(socket, fanout.settings.auth.refresh_notice_secs);
 }
 
 /// Validates and publishes one command, as HTTP does; returns the ack body.
 async fn submit(fanout: &Fanout, caller: &Caller, op: Operation, body: Value) -> Value {
+    if caller.expired() {
+        return json!({"error": {"status": 401, "code": "token_expired"}});
+    }
     let limits = &fanout.settings.limits;
     let envelope = match ingress::envelope(caller, op, body, CommandId::generate(), limits) {
         Ok(envelope) => envelope,

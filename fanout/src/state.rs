@@ -34,7 +34,7 @@ pub fn user_room(user: &UserId) -> String {
 }
 
 impl Fanout {
-    pub fn new(settings: Settings, db: PgPool, nats: async_nats::Client) -> Self {
+    pub fn new(settings: Settings, keys: TokenKeys, db: PgPool, nats: async_nats::Client) -> Self {
         let subjects = Subjects::new(&settings.subject_prefix);
         let feeds = Feeds::new(FeedContext {
             db: db.clone(),
@@ -44,7 +44,7 @@ impl Fanout {
             replica: uuid::Uuid::new_v4().to_string(),
         });
         Self {
-            keys: TokenKeys::from_secret(&settings.jwt_secret),
+            keys,
             js: async_nats::jetstream::new(nats.clone()),
             rate_leases: Default::default(),
             subjects,

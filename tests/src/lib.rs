@@ -95,6 +95,11 @@ fn binaries() -> &'static Path {
     })
 }
 
+/// The path of one of the workspace's binaries (`allo-api`, ...), built if need be.
+pub fn binary(name: &str) -> PathBuf {
+    binaries().join(name)
+}
+
 /// What a test needs running.
 #[derive(Clone, Debug)]
 pub struct StackOptions {
@@ -230,7 +235,7 @@ impl Stack {
         let settings = Settings {
             database_url: with_database(&admin_url, &db_name),
             nats_url: options.nats_url.clone().unwrap_or_else(nats_url),
-            jwt_secret: format!("test-secret-{id}"),
+            jwt_secret: format!("test-secret-{id}-0123456789abcdef0123"),
             api_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
             fanout_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
             subject_prefix: prefix.clone(),
@@ -565,11 +570,13 @@ impl Stack {
 
     pub fn token_with_roles(&self, user: &str, roles: &[&str]) -> String {
         let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-        self.keys.mint(
-            &UserId::parse(user).expect("user id"),
-            &roles,
-            chrono::Duration::hours(1),
-        )
+        self.keys
+            .mint(
+                &UserId::parse(user).expect("user id"),
+                &roles,
+                chrono::Duration::hours(1),
+            )
+            .expect("mint")
     }
 
     /// `POST /api/chat/<op>` with a raw body and extra headers.

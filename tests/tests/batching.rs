@@ -132,6 +132,7 @@ async fn a_batch_that_fails_as_a_whole_is_settled_one_command_at_a_time() {
     let caller = Caller {
         user: UserId::parse("alice").expect("user"),
         roles: Vec::new(),
+        expires_at: i64::MAX,
     };
     let command_id = CommandId::generate();
     let envelope = allo_common::ingress::envelope(

@@ -309,12 +309,11 @@ async fn missing_expired_and_forged_tokens_get_401() {
     let alice = allo_common::ids::UserId::parse("alice").unwrap();
     let expired = stack
         .keys()
-        .mint(&alice, &[], chrono::Duration::minutes(-5));
-    let forged = allo_common::auth::TokenKeys::from_secret("not-the-server-secret-at-all").mint(
-        &alice,
-        &[],
-        chrono::Duration::hours(1),
-    );
+        .mint(&alice, &[], chrono::Duration::minutes(-5))
+        .expect("mint");
+    let forged = allo_common::auth::TokenKeys::from_secret("not-the-server-secret-at-all")
+        .mint(&alice, &[], chrono::Duration::hours(1))
+        .expect("mint");
     let body = json!({"participants": ["bob"], "type": "group"}).to_string();
     for token in [
         None,

@@ -336,6 +336,7 @@ pub(crate) mod test_support {
         Caller {
             user: UserId::parse(name).unwrap(),
             roles: vec![],
+            expires_at: i64::MAX,
         }
     }
 

@@ -1,0 +1,244 @@
+//! Safe by default, and sockets that live no longer than their tokens (issue 11).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use allo_common::ids::UserId;
+use allo_e2e::{SocketClient, Stack, StackOptions, binary};
+use serde_json::{Value, json};
+
+/// Runs a binary with only the given `ALLO_*` variables (none inherited) for up to 10 s and
+/// returns (exited successfully, what it printed).
+async fn run_with(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(binary(bin));
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ALLO_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(10), command.output())
+        .await
+        .expect("the binary exits on its own (it must refuse, not serve)")
+        .expect("binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn nothing_configured_means_no_service_and_no_tokens() {
+    // A fresh install with no settings: production, no secret. Every service refuses to start
+    // rather than accept tokens signed with the public dev secret.
+    // (Workers never see a token and need no secret.)
+    for bin in ["allo-api", "allo-fanout"] {
+        let (ok, text) = run_with(bin, &[], &[]).await;
+        assert!(!ok, "{bin} started with nothing configured: {text}");
+        assert!(text.contains("ALLO_JWT_SECRET"), "{bin}: {text}");
+    }
+    // The dev secret named explicitly, but not dev mode: refused.
+    let dev_secret = allo_common::config::DEV_JWT_SECRET;
+    let (ok, text) = run_with("allo-api", &[], &[("ALLO_JWT_SECRET", dev_secret)]).await;
+    assert!(!ok && text.contains("public"), "{text}");
+    // Minting is a dev-mode tool, even with a real secret configured.
+    let secret = "a-real-secret-0123456789-0123456789";
+    let (ok, text) = run_with(
+        "allo-api",
+        &["token", "alice"],
+        &[("ALLO_JWT_SECRET", secret)],
+    )
+    .await;
+    assert!(!ok && text.contains("dev mode only"), "{text}");
+    // Dev mode mints, with the dev secret, and only on loopback.
+    let (ok, token) = run_with(
+        "allo-api",
+        &["token", "alice"],
+        &[("ALLO_ENVIRONMENT", "dev")],
+    )
+    .await;
+    assert!(ok, "{token}");
+    let keys = allo_common::auth::TokenKeys::from_secret(dev_secret);
+    assert_eq!(
+        keys.verify(token.trim()).expect("dev token").user.as_str(),
+        "alice"
+    );
+    let (ok, text) = run_with(
+        "allo-api",
+        &[],
+        &[
+            ("ALLO_ENVIRONMENT", "dev"),
+            ("ALLO_API_ADDR", "0.0.0.0:5999"),
+        ],
+    )
+    .await;
+    assert!(!ok && text.contains("loopback"), "{text}");
+}
+
+#[tokio::test]
+async fn a_token_good_for_longer_than_the_maximum_is_refused() {
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: true,
+        ..Default::default()
+    })
+    .await;
+    let alice = UserId::parse("alice").expect("user");
+    let long = stack
+        .keys()
+        .mint(&alice, &[], chrono::Duration::days(400))
+        .expect("mint");
+    let reply = stack.get(Some(&long), "/api/conversations").await;
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
+    let refused = SocketClient::connect(&stack.fanout_url, &long).await;
+    assert!(refused.is_err(), "a year-long token opened a socket");
+    let short = stack.token("alice");
+    assert_eq!(
+        stack.get(Some(&short), "/api/conversations").await.status,
+        200
+    );
+}
+
+fn short_lived(stack: &Stack, user: &str, roles: &[&str], secs: i64) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+    stack
+        .keys()
+        .mint(
+            &UserId::parse(user).expect("user"),
+            &roles,
+            chrono::Duration::seconds(secs),
+        )
+        .expect("mint")
+}
+
+async fn stack_with_notice(notice_secs: u64) -> Stack {
+    Stack::start(StackOptions {
+        env: vec![(
+            "ALLO_AUTH__REFRESH_NOTICE_SECS".into(),
+            notice_secs.to_string(),
+        )],
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_socket_is_warned_then_disconnected_when_its_token_expires() {
+    let stack = stack_with_notice(3).await;
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    let mut socket =
+        SocketClient::connect(&stack.fanout_url, &short_lived(&stack, "alice", &[], 5))
+            .await
+            .expect("connects");
+    socket.join(&conv).await;
+    let warned = socket
+        .next_named("tokenExpiring", Duration::from_secs(6))
+        .await
+        .unwrap_or_else(|| panic!("no tokenExpiring; got {:?}", socket.backlog()));
+    assert!(warned["expiresAt"].is_i64(), "{warned}");
+    socket
+        .next_named("tokenExpired", Duration::from_secs(8))
+        .await
+        .unwrap_or_else(|| panic!("no tokenExpired; got {:?}", socket.backlog()));
+    let gone = socket.next_kind("disconnect", Duration::from_secs(5)).await;
+    assert!(
+        gone.is_some(),
+        "the socket outlived its token: {:?}",
+        socket.backlog()
+    );
+    // And it hears nothing more from the conversation.
+    stack
+        .act(
+            "bob",
+            "sendMessage",
+            json!({"conversationID": conv, "message": "after exp"}),
+        )
+        .await;
+    assert!(
+        socket
+            .next_named("message", Duration::from_secs(1))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_refreshed_socket_outlives_its_first_token_and_takes_the_new_roles() {
+    let stack = stack_with_notice(3).await;
+    let conv = stack
+        .create_conversation("alice", "group", &["bob", "carol"])
+        .await;
+    let mut socket = SocketClient::connect(
+        &stack.fanout_url,
+        &short_lived(&stack, "mia", &["moderator"], 5),
+    )
+    .await
+    .expect("connects");
+    socket
+        .next_named("tokenExpiring", Duration::from_secs(6))
+        .await
+        .expect("warned before exp");
+    // Another user's token is refused and changes nothing.
+    let refused = socket
+        .emit("refreshToken", json!({"token": stack.token("bob")}))
+        .await;
+    assert_eq!(refused["error"]["status"], 401, "{refused}");
+    // A fresh token of the same user, now without the moderator role.
+    let refreshed: Value = socket
+        .emit("refreshToken", json!({"token": stack.token("mia")}))
+        .await;
+    assert_eq!(refreshed["refreshed"], true, "{refreshed}");
+    // Past the first token's exp, the socket is still there and still submits.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        socket
+            .next_kind("disconnect", Duration::from_millis(100))
+            .await
+            .is_none(),
+        "disconnected despite the refresh: {:?}",
+        socket.backlog()
+    );
+    let ack = socket
+        .emit(
+            "createConversation",
+            json!({"participants": ["alice"], "type": "group"}),
+        )
+        .await;
+    assert!(ack["commandId"].is_string(), "{ack}");
+    // The role it lost no longer reaches it: a report goes to moderators, not to mia.
+    let mut moderator = stack.socket_with_roles("max", &["moderator"]).await;
+    let m = allo_e2e::id(
+        &stack
+            .act(
+                "alice",
+                "sendMessage",
+                json!({"conversationID": conv, "message": "spam?"}),
+            )
+            .await,
+        "messageId",
+    );
+    stack
+        .act(
+            "bob",
+            "reportMessage",
+            json!({"conversationID": conv, "messageId": m, "reason": "spam"}),
+        )
+        .await;
+    moderator
+        .next_named("messageReported", Duration::from_secs(10))
+        .await
+        .expect("a moderator hears of the report");
+    assert!(
+        socket
+            .next_named("messageReported", Duration::from_secs(1))
+            .await
+            .is_none(),
+        "a socket whose moderator role was dropped still hears reports"
+    );
+}
