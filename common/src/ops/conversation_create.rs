@@ -1,5 +1,5 @@
-//! `createConversation`: `{participants, type, topic, owner}`. The caller becomes the owner and
-//! a participant; a `direct` conversation has exactly two participants.
+//! `createConversation`: `{participants, type, topic, owner, historyVisibility}`. The caller
+//! becomes the owner and a participant; a `direct` conversation has exactly two participants.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +19,43 @@ pub struct CreateConversationRequest {
     pub topic: Option<String>,
     #[serde(default)]
     pub owner: Option<String>,
+    #[serde(default, rename = "historyVisibility")]
+    pub history_visibility: Option<String>,
+}
+
+/// What a member added later reads of what happened before they joined: everything
+/// (`shared`) or nothing (`joined`). Set at creation; the default depends on the kind (a
+/// group is private: `joined`; a channel is public: `shared`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryVisibility {
+    Shared,
+    Joined,
+}
+
+impl HistoryVisibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shared => "shared",
+            Self::Joined => "joined",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "shared" => Some(Self::Shared),
+            "joined" => Some(Self::Joined),
+            _ => None,
+        }
+    }
+
+    /// The default for a kind of conversation.
+    pub fn default_for(kind: ConversationKind) -> Self {
+        match kind {
+            ConversationKind::Channel => Self::Shared,
+            ConversationKind::Direct | ConversationKind::Group => Self::Joined,
+        }
+    }
 }
 
 /// The three kinds of the original. Who may join depends on it (see `joinConversation`).
@@ -58,6 +95,20 @@ pub struct CreateConversation {
     /// Everyone in the conversation, the owner included; sorted and without duplicates.
     pub participants: Vec<UserId>,
     pub topic: Option<Topic>,
+    /// Absent in commands accepted before the setting existed: the kind's default.
+    #[serde(
+        default,
+        rename = "historyVisibility",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history_visibility: Option<HistoryVisibility>,
+}
+
+impl CreateConversation {
+    pub fn history_visibility(&self) -> HistoryVisibility {
+        self.history_visibility
+            .unwrap_or_else(|| HistoryVisibility::default_for(self.kind))
+    }
 }
 
 pub fn parse(
@@ -92,11 +143,22 @@ pub fn parse(
         .map(|t| Topic::parse(t, ctx.limits.topic_max_chars))
         .transpose()
         .map_err(|m| RequestError::invalid("topic", m))?;
+    let history_visibility = req
+        .history_visibility
+        .as_deref()
+        .map(|raw| {
+            HistoryVisibility::parse(raw)
+                .ok_or_else(|| RequestError::invalid("historyVisibility", "must be shared or joined"))
+        })
+        .transpose()?;
     Ok(Command::CreateConversation(CreateConversation {
         conversation_id: ctx.command_id.conversation_id(),
         kind,
         participants: participants.into_iter().collect(),
         topic,
+        history_visibility: Some(
+            history_visibility.unwrap_or_else(|| HistoryVisibility::default_for(kind)),
+        ),
     }))
 }
 
@@ -151,6 +213,12 @@ mod tests {
                 json!({"participants": ["bob"], "type": "group", "owner": "mallory"})
             )),
             "owner"
+        );
+        assert_eq!(
+            field_of(body(
+                json!({"participants": ["bob"], "type": "group", "historyVisibility": "all"})
+            )),
+            "historyVisibility"
         );
         assert!(body(json!({"participants": ["bob"], "type": "group", "owner": "alice"})).is_ok());
     }

@@ -37,8 +37,8 @@ pub async fn apply(
         }
     }
     sqlx::query(
-        "INSERT INTO conversations (id, kind, topic, owner_id, direct_key, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO conversations (id, kind, topic, owner_id, direct_key, created_at, history_visibility)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(c.conversation_id)
     .bind(c.kind.as_str())
@@ -46,6 +46,7 @@ pub async fn apply(
     .bind(owner.as_str())
     .bind(&direct_key)
     .bind(unit.envelope.at)
+    .bind(c.history_visibility().as_str())
     .execute(&mut *unit.tx)
     .await?;
     let users: Vec<&str> = c.participants.iter().map(|u| u.as_str()).collect();
@@ -66,6 +67,7 @@ pub async fn apply(
         "owner": owner,
         "admins": [owner],
         "participants": c.participants,
+        "historyVisibility": c.history_visibility(),
         "createdAt": unit.envelope.at,
     });
     unit.emit(
