@@ -69,10 +69,10 @@ impl Fanout {
         user: &UserId,
     ) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar("SELECT history_floor($1, $2)")
-        .bind(conversation)
-        .bind(user.as_str())
-        .fetch_one(&self.db)
-        .await
+            .bind(conversation)
+            .bind(user.as_str())
+            .fetch_one(&self.db)
+            .await
     }
 
     /// Relays moderator notices (`messageReported`, `reportResolved`) to the local sockets whose

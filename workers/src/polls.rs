@@ -132,7 +132,9 @@ pub async fn vote(unit: &mut Unit<'_>, c: &VotePoll) -> Result<serde_json::Value
         .emit_system(c.target.conversation_id, EventType::PollVoted, data)
         .await?;
     // The result is the voter's own (only they read their command back).
-    Ok(json!({"messageId": poll, "optionIndex": c.option_index, "votes": votes, "action": action, "seq": seq}))
+    Ok(
+        json!({"messageId": poll, "optionIndex": c.option_index, "votes": votes, "action": action, "seq": seq}),
+    )
 }
 
 pub async fn close(unit: &mut Unit<'_>, c: &MessageRef) -> Result<serde_json::Value, ApplyError> {

@@ -117,7 +117,9 @@ async fn delete(stream: &jetstream::stream::Stream<()>, seq: i64) -> bool {
     match stream.delete_message(seq).await {
         Ok(_) => true,
         Err(e) => match e.kind() {
-            DeleteMessageErrorKind::JetStream(js) if js.error_code() == ErrorCode::NO_MESSAGE_FOUND => {
+            DeleteMessageErrorKind::JetStream(js)
+                if js.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
+            {
                 true
             }
             _ => {

@@ -57,7 +57,8 @@ impl<'a> Unit<'a> {
         data: serde_json::Value,
     ) -> Result<i64, sqlx::Error> {
         let seq = self.reserve_seq(conversation).await?;
-        self.write(conversation, seq, kind, data, Actor::System).await?;
+        self.write(conversation, seq, kind, data, Actor::System)
+            .await?;
         Ok(seq)
     }
 

@@ -59,13 +59,12 @@ pub(crate) async fn require_participant(
     conversation: ConversationId,
     user: &UserId,
 ) -> Result<i64, ApiError> {
-    let row: Option<(Option<i64>,)> = sqlx::query_as(
-        "SELECT history_floor($1, $2) FROM conversations WHERE id = $1",
-    )
-    .bind(conversation)
-    .bind(user.as_str())
-    .fetch_optional(db)
-    .await?;
+    let row: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT history_floor($1, $2) FROM conversations WHERE id = $1")
+            .bind(conversation)
+            .bind(user.as_str())
+            .fetch_optional(db)
+            .await?;
     match row {
         None => Err(ApiError::NotFound("conversation not found".into())),
         Some((None,)) => Err(ApiError::domain(

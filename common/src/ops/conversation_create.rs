@@ -147,8 +147,9 @@ pub fn parse(
         .history_visibility
         .as_deref()
         .map(|raw| {
-            HistoryVisibility::parse(raw)
-                .ok_or_else(|| RequestError::invalid("historyVisibility", "must be shared or joined"))
+            HistoryVisibility::parse(raw).ok_or_else(|| {
+                RequestError::invalid("historyVisibility", "must be shared or joined")
+            })
         })
         .transpose()?;
     Ok(Command::CreateConversation(CreateConversation {

@@ -236,11 +236,13 @@ pub(super) async fn record_join(
     user: &UserId,
     seq: i64,
 ) -> Result<(), ApplyError> {
-    sqlx::query("UPDATE participants SET joined_seq = $3 WHERE conversation_id = $1 AND user_id = $2")
-        .bind(conversation)
-        .bind(user.as_str())
-        .bind(seq)
-        .execute(&mut *unit.tx)
-        .await?;
+    sqlx::query(
+        "UPDATE participants SET joined_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
+    )
+    .bind(conversation)
+    .bind(user.as_str())
+    .bind(seq)
+    .execute(&mut *unit.tx)
+    .await?;
     Ok(())
 }
