@@ -245,7 +245,8 @@ async fn a_hidden_message_is_redacted_everywhere_until_restored() {
 
 /// Deleting and unsending erase every copy: a text with an edit, one that was reported (the
 /// report resolved) and one hidden and restored (`messageRestored` carried the text), a poll,
-/// a message that was scheduled, an unsent one, and a dead letter that mentioned one.
+/// a message that was scheduled, an unsent one, an expired one, and a dead letter that
+/// mentioned one.
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_and_unsending_erase_every_copy() {
     let stack = Stack::start(StackOptions::default()).await;
@@ -327,6 +328,24 @@ async fn deleting_and_unsending_erase_every_copy() {
         .expect("the scheduled message is sent");
     let scheduled = id(&scheduled, "messageId");
 
+    let (ephemeral, _) = run(
+        &stack,
+        "alice",
+        "sendEphemeralMessage",
+        json!({"conversationID": conv, "message": "ERASE-ephemeral-6", "expiresIn": 1000}),
+    )
+    .await;
+    let ephemeral = id(&ephemeral, "messageId");
+    let expired = bob
+        .next_matching(
+            "messageDeleted",
+            |d| d["messageId"] == ephemeral.as_str(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the sweeper deletes it");
+    assert_eq!(expired["reason"], "expired");
+
     let unsent = send(&stack, "alice", &conv, "ERASE-unsent-5").await;
     bob.event_about("message", &unsent).await;
     bob.clear_seen();
@@ -348,6 +367,7 @@ async fn deleting_and_unsending_erase_every_copy() {
         "ERASE-option-a",
         "ERASE-scheduled-4",
         "ERASE-unsent-5",
+        "ERASE-ephemeral-6",
     ] {
         stack.assert_nowhere(secret, &look).await;
     }
