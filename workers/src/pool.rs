@@ -61,7 +61,8 @@ struct Inner {
     js: jetstream::Context,
     subjects: Subjects,
     publisher: Publisher,
-    /// Ids of events on the stream, marked `published_at` in batches by a background task.
+    /// Events on the stream (id, stream sequence), marked `published_at` (and `stream_seq`)
+    /// in batches by a background task.
     published: mpsc::Sender<PublishedMark>,
     /// Every command this process holds unsettled (pulled, not yet acked, nak'ed or
     /// terminated), by stream sequence: kept alive while Postgres is away.
