@@ -41,6 +41,8 @@ pub enum EventType {
     PollClosed,
     #[serde(rename = "messageRestored")]
     MessageRestored,
+    #[serde(rename = "historyVisibilityChanged")]
+    HistoryVisibilityChanged,
 }
 
 impl EventType {
@@ -62,6 +64,7 @@ impl EventType {
             Self::PollVoted => "pollVoted",
             Self::PollClosed => "pollClosed",
             Self::MessageRestored => "messageRestored",
+            Self::HistoryVisibilityChanged => "historyVisibilityChanged",
         }
     }
 

@@ -474,6 +474,42 @@ async fn late_joiners_read_history_only_as_the_conversation_allows() {
         .await;
     assert_eq!(bobs.body["messages"].as_array().unwrap().len(), 2);
 
+    // Only admins change the setting; opening the history is the admin's decision.
+    let visibility = |v: &str| json!({"conversationID": private, "historyVisibility": v});
+    stack
+        .refused("bob", "setHistoryVisibility", visibility("shared"))
+        .await
+        .is(403, "forbidden");
+    let bad = stack
+        .post(
+            &stack.token("alice"),
+            "setHistoryVisibility",
+            visibility("all"),
+        )
+        .await;
+    let bad = allo_e2e::assert_problem(bad, 422);
+    assert_eq!(bad.body["field"], "historyVisibility", "{:?}", bad.body);
+    let (changed, _) = run(
+        &stack,
+        "alice",
+        "setHistoryVisibility",
+        visibility("shared"),
+    )
+    .await;
+    assert_eq!(changed["changed"], true, "{changed}");
+    let opened = stack
+        .get(
+            Some(&stack.token("carol")),
+            &format!("/api/conversations/{private}/messages"),
+        )
+        .await;
+    assert_eq!(
+        opened.body["messages"].as_array().unwrap().len(),
+        2,
+        "{:?}",
+        opened.body
+    );
+
     let history = stack
         .get(
             Some(&stack.token("carol")),

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ParseContext, RequestError, check_is_caller};
+use super::{ParseContext, RequestError, check_is_caller, parse_id};
 use crate::command::Command;
 use crate::ids::{ConversationId, UserId};
 use crate::text::Topic;
@@ -111,6 +111,43 @@ impl CreateConversation {
     }
 }
 
+/// `setHistoryVisibility {conversationID, historyVisibility}`: admins change the setting
+/// (the worker checks the role).
+#[derive(Debug, Deserialize)]
+pub struct SetHistoryVisibilityRequest {
+    #[serde(rename = "conversationID")]
+    pub conversation_id: String,
+    #[serde(rename = "historyVisibility")]
+    pub history_visibility: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetHistoryVisibility {
+    #[serde(rename = "conversationID")]
+    pub conversation_id: ConversationId,
+    #[serde(rename = "historyVisibility")]
+    pub history_visibility: HistoryVisibility,
+}
+
+fn visibility(raw: &str) -> Result<HistoryVisibility, RequestError> {
+    HistoryVisibility::parse(raw)
+        .ok_or_else(|| RequestError::invalid("historyVisibility", "must be shared or joined"))
+}
+
+pub fn parse_history(
+    req: SetHistoryVisibilityRequest,
+    _ctx: &ParseContext<'_>,
+) -> Result<Command, RequestError> {
+    Ok(Command::SetHistoryVisibility(SetHistoryVisibility {
+        conversation_id: parse_id(
+            "conversationID",
+            &req.conversation_id,
+            ConversationId::parse,
+        )?,
+        history_visibility: visibility(&req.history_visibility)?,
+    }))
+}
+
 pub fn parse(
     req: CreateConversationRequest,
     ctx: &ParseContext<'_>,
@@ -146,11 +183,7 @@ pub fn parse(
     let history_visibility = req
         .history_visibility
         .as_deref()
-        .map(|raw| {
-            HistoryVisibility::parse(raw).ok_or_else(|| {
-                RequestError::invalid("historyVisibility", "must be shared or joined")
-            })
-        })
+        .map(visibility)
         .transpose()?;
     Ok(Command::CreateConversation(CreateConversation {
         conversation_id: ctx.command_id.conversation_id(),

@@ -3,9 +3,12 @@
 
 use allo_common::error::{DomainError, ErrorCode};
 use allo_common::event::EventType;
-use allo_common::ops::conversation_create::{ConversationKind, CreateConversation};
+use allo_common::ops::conversation_create::{
+    ConversationKind, CreateConversation, SetHistoryVisibility,
+};
 use serde_json::json;
 
+use super::{refuse, require_participant};
 use crate::error::ApplyError;
 use crate::unit::Unit;
 
@@ -77,4 +80,39 @@ pub async fn apply(
     )
     .await?;
     Ok(conversation)
+}
+
+/// setHistoryVisibility: admins (owner included) change what members added later read of the
+/// history before their join. Going from `joined` to `shared` opens that history to them: a
+/// deliberate admin decision, announced to the room. Unchanged: no event.
+pub async fn set_history(
+    unit: &mut Unit<'_>,
+    c: &SetHistoryVisibility,
+) -> Result<serde_json::Value, ApplyError> {
+    let actor = unit.envelope.actor.clone();
+    let (role, _) = require_participant(unit, c.conversation_id, &actor).await?;
+    if !role.is_admin() {
+        return Err(refuse(
+            ErrorCode::Forbidden,
+            "only admins change the history visibility",
+        ));
+    }
+    let changed = sqlx::query(
+        "UPDATE conversations SET history_visibility = $2 WHERE id = $1 AND history_visibility <> $2",
+    )
+    .bind(c.conversation_id)
+    .bind(c.history_visibility.as_str())
+    .execute(&mut *unit.tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let mut result = json!({"conversationID": c.conversation_id, "historyVisibility": c.history_visibility, "changed": changed});
+    if changed {
+        let data = json!({"conversationID": c.conversation_id, "historyVisibility": c.history_visibility, "changedBy": actor});
+        let seq = unit
+            .emit(c.conversation_id, EventType::HistoryVisibilityChanged, data)
+            .await?;
+        result["seq"] = seq.into();
+    }
+    Ok(result)
 }

@@ -32,6 +32,7 @@ pub async fn apply(
 ) -> Result<serde_json::Value, ApplyError> {
     match command {
         Command::CreateConversation(c) => conversation_create::apply(unit, c).await,
+        Command::SetHistoryVisibility(c) => conversation_create::set_history(unit, c).await,
         Command::JoinConversation(c) => conversation_join::apply(unit, c).await,
         Command::LeaveConversation(c) => participants::leave(unit, c).await,
         Command::AddParticipants(c) => participants::add(unit, c).await,
