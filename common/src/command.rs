@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CommandId, ConversationId, UserId};
-use crate::ops::conversation_create::CreateConversation;
+use crate::ops::conversation_create::{CreateConversation, SetHistoryVisibility};
 use crate::ops::conversation_join::JoinConversation;
 use crate::ops::message_forward::ForwardMessage;
 use crate::ops::message_ref::{EditMessage, MessageRef, PinMessage, ReactionMessage};
@@ -73,6 +73,8 @@ pub enum Command {
     ResolveReport(ResolveReport),
     #[serde(rename = "restoreMessage")]
     RestoreMessage(MessageRef),
+    #[serde(rename = "setHistoryVisibility")]
+    SetHistoryVisibility(SetHistoryVisibility),
 }
 
 impl Command {
@@ -105,6 +107,7 @@ impl Command {
             Self::ReportMessage(_) => Operation::ReportMessage,
             Self::ResolveReport(_) => Operation::ResolveReport,
             Self::RestoreMessage(_) => Operation::RestoreMessage,
+            Self::SetHistoryVisibility(_) => Operation::SetHistoryVisibility,
         }
     }
 
@@ -117,6 +120,7 @@ impl Command {
     pub fn conversation_id(&self) -> Option<ConversationId> {
         Some(match self {
             Self::CreateConversation(c) => c.conversation_id,
+            Self::SetHistoryVisibility(c) => c.conversation_id,
             Self::JoinConversation(c) => c.conversation_id,
             Self::LeaveConversation(c) => c.conversation_id,
             Self::AddParticipants(c) => c.conversation_id,

@@ -41,6 +41,8 @@ pub enum EventType {
     PollClosed,
     #[serde(rename = "messageRestored")]
     MessageRestored,
+    #[serde(rename = "historyVisibilityChanged")]
+    HistoryVisibilityChanged,
 }
 
 impl EventType {
@@ -62,11 +64,48 @@ impl EventType {
             Self::PollVoted => "pollVoted",
             Self::PollClosed => "pollClosed",
             Self::MessageRestored => "messageRestored",
+            Self::HistoryVisibilityChanged => "historyVisibilityChanged",
         }
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
         serde_json::from_value(serde_json::Value::String(raw.to_string())).ok()
+    }
+}
+
+/// Who an event names as having done it. `System` where naming the user would tell the
+/// audience more than it may know: a poll vote, a message hidden by reports, a moderator's
+/// decision shown to the room, an expiry. On the wire a system actor is `null`, so no user id
+/// (not even one spelled "system") can be mistaken for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Option<UserId>", into = "Option<UserId>")]
+pub enum Actor {
+    User(UserId),
+    System,
+}
+
+impl Actor {
+    /// The user, if the event names one.
+    pub fn user(&self) -> Option<&UserId> {
+        match self {
+            Self::User(user) => Some(user),
+            Self::System => None,
+        }
+    }
+}
+
+impl From<Option<UserId>> for Actor {
+    fn from(user: Option<UserId>) -> Self {
+        user.map_or(Self::System, Self::User)
+    }
+}
+
+impl From<Actor> for Option<UserId> {
+    fn from(actor: Actor) -> Self {
+        match actor {
+            Actor::User(user) => Some(user),
+            Actor::System => None,
+        }
     }
 }
 
@@ -80,9 +119,10 @@ pub struct EventEnvelope {
     #[serde(rename = "conversationID")]
     pub conversation_id: ConversationId,
     pub seq: i64,
+    /// The command that caused it; `None` for a system event (its command would name the user).
     #[serde(rename = "commandId")]
     pub command_id: Option<CommandId>,
-    pub actor: UserId,
+    pub actor: Actor,
     pub at: DateTime<Utc>,
     pub data: serde_json::Value,
 }
@@ -117,4 +157,26 @@ pub struct UserNotice {
     #[serde(rename = "type")]
     pub kind: String,
     pub data: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_system_actor_is_null_on_the_wire_and_a_user_is_their_id() {
+        let alice = UserId::parse("alice").unwrap();
+        assert_eq!(
+            serde_json::to_value(Actor::User(alice.clone())).unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            serde_json::to_value(Actor::System).unwrap(),
+            serde_json::Value::Null
+        );
+        let back: Actor = serde_json::from_value(serde_json::Value::Null).unwrap();
+        assert_eq!(back, Actor::System);
+        let back: Actor = serde_json::from_value("alice".into()).unwrap();
+        assert_eq!(back.user(), Some(&alice));
+    }
 }

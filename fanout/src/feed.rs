@@ -556,10 +556,10 @@ async fn load_events(
     upto: Option<i64>,
     limit: i64,
 ) -> Result<Vec<EventEnvelope>, sqlx::Error> {
+    // As every read serves them: erased content scrubbed, a hidden message's redacted.
     let rows: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('eventId', id, 'type', type, 'conversationID', conversation_id, 'seq', seq,
-                                   'commandId', command_id, 'actor', actor_id, 'at', at, 'data', data)
-         FROM events WHERE conversation_id = $1 AND seq > $2 AND ($3::bigint IS NULL OR seq <= $3)
+        "SELECT event_json(e) FROM events e
+         WHERE conversation_id = $1 AND seq > $2 AND ($3::bigint IS NULL OR seq <= $3)
          ORDER BY seq LIMIT $4",
     )
     .bind(conversation)

@@ -216,9 +216,10 @@ async fn admit(
     fanout: &Fanout,
 ) -> Result<Value, (&'static str, &'static str)> {
     let (conversation, last_seq) = parse_join(payload).map_err(|m| ("invalid", m))?;
-    match fanout.is_participant(conversation, &caller.user).await {
-        Ok(true) => {}
-        Ok(false) => {
+    // A resume never replays what the user may not read (history before their join).
+    let last_seq = match fanout.history_floor(conversation, &caller.user).await {
+        Ok(Some(floor)) => last_seq.map(|seen| seen.max(floor - 1)),
+        Ok(None) => {
             return Err((
                 "not_participant",
                 "you are not a participant of this conversation",
@@ -228,7 +229,7 @@ async fn admit(
             tracing::warn!(error = %e, "membership check failed");
             return Err(("unavailable", "could not check membership; try again"));
         }
-    }
+    };
     let (reply, answer) = oneshot::channel();
     let command = FeedCommand::Join {
         socket: socket.clone(),

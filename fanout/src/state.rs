@@ -61,19 +61,18 @@ impl Fanout {
         (nats, postgres)
     }
 
-    /// Whether `user` is an active participant of `conversation`.
-    pub async fn is_participant(
+    /// The first seq `user` may read in `conversation` (0, or their join's seq where history
+    /// visibility is `joined`); `None` if they are not an active participant.
+    pub async fn history_floor(
         &self,
         conversation: ConversationId,
         user: &UserId,
-    ) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM participants WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL)",
-        )
-        .bind(conversation)
-        .bind(user.as_str())
-        .fetch_one(&self.db)
-        .await
+    ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT history_floor($1, $2)")
+            .bind(conversation)
+            .bind(user.as_str())
+            .fetch_one(&self.db)
+            .await
     }
 
     /// Relays moderator notices (`messageReported`, `reportResolved`) to the local sockets whose

@@ -8,6 +8,7 @@
 //! `nats://127.0.0.1:4222`); `scripts/test.sh` starts both when they do not answer.
 
 pub mod infra;
+pub mod privacy;
 mod socket;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
+pub use privacy::Look;
 pub use socket::SocketClient;
 pub use std::time::Duration as StdDuration;
 

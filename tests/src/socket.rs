@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -18,6 +19,9 @@ pub struct SocketClient {
     /// Events that arrived while we waited for something else.
     backlog: VecDeque<Value>,
     next_id: u64,
+    /// Every event the server sent since the last [`SocketClient::clear_seen`], whether the
+    /// test has read it or not (for [`crate::Stack::assert_nowhere`]).
+    seen: Arc<Mutex<Vec<Value>>>,
 }
 
 impl SocketClient {
@@ -37,12 +41,20 @@ impl SocketClient {
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, lines) = mpsc::unbounded_channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                if let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && tx.send(value).is_err()
+                let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if value["kind"] == "event"
+                    && let Ok(mut seen) = record.lock()
                 {
+                    seen.push(value.clone());
+                }
+                if tx.send(value).is_err() {
                     break;
                 }
             }
@@ -53,6 +65,7 @@ impl SocketClient {
             lines,
             backlog: VecDeque::new(),
             next_id: 0,
+            seen,
         };
         let first = tokio::time::timeout(Duration::from_secs(15), client.lines.recv())
             .await
@@ -189,6 +202,19 @@ impl SocketClient {
                 return Some(line);
             }
             self.backlog.push_back(line);
+        }
+    }
+
+    /// Every event received since the last [`SocketClient::clear_seen`] (`{event, data}`).
+    pub fn seen(&self) -> Vec<Value> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Forgets what [`SocketClient::seen`] returns so far (e.g. what arrived live before an
+    /// erasure, which no server can take back).
+    pub fn clear_seen(&self) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.clear();
         }
     }
 

@@ -592,7 +592,9 @@ async fn reports_reach_moderators_and_the_threshold_hides() {
         ),
         (Some("bob"), Some("spam"), Some(m.as_str()))
     );
-    assert_eq!(seen["message"]["message"], "buy cheap watches");
+    // The notice is stored on the event stream: it carries no content; moderators read the
+    // message as it was in the queue (below), and only while the report is open.
+    assert!(seen.get("message").is_none(), "{seen:?}");
     stack
         .refused("bob", "reportMessage", report("spam"))
         .await

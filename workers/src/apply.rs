@@ -37,6 +37,10 @@ impl Applied {
     }
 }
 
+/// An event now on the stream, with the stream sequence it was stored at (erasure deletes the
+/// stream's copy by it).
+pub type PublishedMark = (EventId, u64);
+
 /// One result per command of a batch; `Err` for a command that failed on its own.
 pub type BatchResults = Vec<Result<Applied, sqlx::Error>>;
 
@@ -56,7 +60,7 @@ impl Worker {
     pub async fn apply_batch(
         &self,
         envelopes: &[&CommandEnvelope],
-        published: &[EventId],
+        published: &[PublishedMark],
     ) -> Result<BatchResults, sqlx::Error> {
         let mut tx = self.db().begin().await?;
         let starts_with_send = envelopes
@@ -200,16 +204,29 @@ pub fn outcome_of(
     }
 }
 
-/// Records that these events are on the event stream, so the relay leaves them alone.
+/// Records that these events are on the event stream (and where), so the relay leaves them
+/// alone and erasure can delete them.
 pub async fn mark_published(
     db: impl sqlx::PgExecutor<'_>,
-    events: &[EventId],
+    events: &[PublishedMark],
 ) -> Result<(), sqlx::Error> {
+    let (ids, seqs) = split_marks(events);
     sqlx::query(
-        "UPDATE events SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+        "UPDATE events e SET published_at = now(), stream_seq = m.seq
+         FROM unnest($1::uuid[], $2::bigint[]) AS m(id, seq)
+         WHERE e.id = m.id AND e.published_at IS NULL",
     )
-    .bind(events)
+    .bind(ids)
+    .bind(seqs)
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Marks as the two arrays the mark statements bind.
+pub fn split_marks(marks: &[PublishedMark]) -> (Vec<EventId>, Vec<i64>) {
+    marks
+        .iter()
+        .map(|(id, seq)| (*id, i64::try_from(*seq).unwrap_or(i64::MAX)))
+        .unzip()
 }

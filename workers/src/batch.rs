@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use allo_common::command::CommandEnvelope;
 use allo_common::event::UserNotice;
-use allo_common::ids::{CommandId, EventId};
+use allo_common::ids::CommandId;
 use async_nats::jetstream::{self, AckKind};
 
-use crate::apply::{Applied, BatchResults};
+use crate::apply::{Applied, BatchResults, PublishedMark};
 use crate::error::is_transient;
 use crate::pool::{Delivery, Worker};
 
 /// A lane's published events not yet marked in Postgres: filled by its settle task, taken
 /// by its next batch.
-pub(crate) type Marks = std::sync::Arc<std::sync::Mutex<Vec<EventId>>>;
+pub(crate) type Marks = std::sync::Arc<std::sync::Mutex<Vec<PublishedMark>>>;
 
 /// A committed batch, waiting to be told to NATS.
 pub(crate) struct Settlement {
@@ -26,14 +26,14 @@ pub(crate) struct Settlement {
     elapsed: f64,
 }
 
-pub(crate) fn take_marks(marks: &Marks) -> Vec<EventId> {
+pub(crate) fn take_marks(marks: &Marks) -> Vec<PublishedMark> {
     marks
         .lock()
         .map(|mut m| std::mem::take(&mut *m))
         .unwrap_or_default()
 }
 
-fn return_marks(marks: &Marks, events: Vec<EventId>) {
+fn return_marks(marks: &Marks, events: Vec<PublishedMark>) {
     if let Ok(mut m) = marks.lock() {
         m.extend(events);
     }
@@ -113,7 +113,7 @@ impl Worker {
             .flatten()
             .collect();
         match self.publisher().events(&events).await {
-            Ok(()) => return_marks(marks, events.iter().map(|e| e.event_id).collect()),
+            Ok(seqs) => return_marks(marks, events.iter().map(|e| e.event_id).zip(seqs).collect()),
             Err(e) => tracing::warn!(error = %e, "event publish failed; the relay will retry"),
         }
         for (msg, envelope, applied) in settled {
@@ -142,7 +142,7 @@ impl Worker {
         &self,
         envelopes: &[&CommandEnvelope],
         work: &[(jetstream::Message, CommandEnvelope, i64)],
-        marks: &[EventId],
+        marks: &[PublishedMark],
     ) -> (BatchResults, bool) {
         let mut backoff = Duration::from_millis(100);
         loop {

@@ -16,6 +16,8 @@
 //! - [`publish`]: puts committed events on the event stream (used by the pool and the relay).
 //! - [`relay`]: the outbox relay: publishes committed events the worker did not (crash
 //!   between commit and publish).
+//! - [`stream_erasure`]: deletes erased (or hidden) messages' events from the event stream
+//!   by the stream sequence their published mark recorded; run in the relay's rounds.
 
 pub mod apply;
 mod batch;
@@ -28,6 +30,7 @@ pub mod relay;
 pub mod reports;
 pub mod scheduler;
 pub mod send_batch;
+pub mod stream_erasure;
 pub mod unit;
 
 use allo_common::command::Command;

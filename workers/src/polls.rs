@@ -1,7 +1,8 @@
 //! The polls pool. Votes are rows keyed by (poll, user, option), written under the poll's row
 //! lock, and tallies are counted from those rows in the same transaction: exact under any
 //! concurrency, and each `pollVoted` event carries the tallies as of its own commit. Polls are
-//! anonymous: events and reads give tallies, and each caller only their own vote.
+//! anonymous: `pollVoted` is a system event (no actor, no command id) with the tallies only, and
+//! reads give each caller only their own vote.
 
 use allo_common::error::ErrorCode;
 use allo_common::event::EventType;
@@ -126,14 +127,14 @@ pub async fn vote(unit: &mut Unit<'_>, c: &VotePoll) -> Result<serde_json::Value
         .await?;
     }
     let votes = tallies(unit, poll).await?;
-    let data =
-        json!({"messageId": poll, "optionIndex": c.option_index, "votes": votes, "action": action});
+    let data = json!({"messageId": poll, "votes": votes});
     let seq = unit
-        .emit(c.target.conversation_id, EventType::PollVoted, data.clone())
+        .emit_system(c.target.conversation_id, EventType::PollVoted, data)
         .await?;
-    let mut result = data;
-    result["seq"] = seq.into();
-    Ok(result)
+    // The result is the voter's own (only they read their command back).
+    Ok(
+        json!({"messageId": poll, "optionIndex": c.option_index, "votes": votes, "action": action, "seq": seq}),
+    )
 }
 
 pub async fn close(unit: &mut Unit<'_>, c: &MessageRef) -> Result<serde_json::Value, ApplyError> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use allo_common::Settings;
 use allo_common::command::{CommandEnvelope, CommandOutcome};
 use allo_common::event::{EventEnvelope, UserNotice};
-use allo_common::ids::{EventId, UserId};
+use allo_common::ids::UserId;
 use allo_common::ops::Pool;
 use allo_common::subjects::Subjects;
 use anyhow::Context;
@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::apply::Applied;
+use crate::apply::PublishedMark;
 use crate::batch::{Marks, Settlement, take_marks};
 use crate::publish::Publisher;
 
@@ -60,8 +61,9 @@ struct Inner {
     js: jetstream::Context,
     subjects: Subjects,
     publisher: Publisher,
-    /// Ids of events on the stream, marked `published_at` in batches by a background task.
-    published: mpsc::Sender<EventId>,
+    /// Events on the stream (id, stream sequence), marked `published_at` (and `stream_seq`)
+    /// in batches by a background task.
+    published: mpsc::Sender<PublishedMark>,
     /// Every command this process holds unsettled (pulled, not yet acked, nak'ed or
     /// terminated), by stream sequence: kept alive while Postgres is away.
     held: std::sync::Mutex<HashMap<u64, jetstream::Message>>,
@@ -277,9 +279,9 @@ impl Worker {
         }
         let me = &self.inner;
         match me.publisher.events(events).await {
-            Ok(()) => {
-                for e in events {
-                    let _ = me.published.send(e.event_id).await;
+            Ok(seqs) => {
+                for (e, seq) in events.iter().zip(seqs) {
+                    let _ = me.published.send((e.event_id, seq)).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "event publish failed; the relay will retry"),
@@ -392,16 +394,10 @@ async fn hand_back(msg: &jetstream::Message) {
 
 /// Marks published events in batches: one UPDATE per batch instead of one per event. A mark
 /// lost in a crash only means the relay republishes, and NATS drops the duplicate.
-async fn mark_published(db: PgPool, mut marks: mpsc::Receiver<EventId>) {
+async fn mark_published(db: PgPool, mut marks: mpsc::Receiver<PublishedMark>) {
     let mut batch = Vec::with_capacity(512);
     while marks.recv_many(&mut batch, 512).await > 0 {
-        if let Err(e) = sqlx::query(
-            "UPDATE events SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
-        )
-        .bind(&batch)
-        .execute(&db)
-        .await
-        {
+        if let Err(e) = crate::apply::mark_published(&db, &batch).await {
             tracing::warn!(error = %e, "could not mark events published; the relay will republish them");
         }
         batch.clear();

@@ -21,30 +21,38 @@ impl Publisher {
         Self { js, subjects }
     }
 
-    /// Publishes events in order and waits for every PubAck. `conversationCreated` also goes to
-    /// each participant's user subject, so their sockets learn of it without joining first.
-    pub async fn events(&self, events: &[EventEnvelope]) -> Result<(), PublishError> {
+    /// Publishes events in order and waits for every PubAck; returns each event's stream
+    /// sequence (of its first copy, if NATS dropped this one as a duplicate), which erasure
+    /// deletes it by. `conversationCreated` also goes to each participant's user subject, so
+    /// their sockets learn of it without joining first.
+    pub async fn events(&self, events: &[EventEnvelope]) -> Result<Vec<u64>, PublishError> {
+        // (is the event's own copy, ack)
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             // Serializing our own envelope cannot fail.
             let payload = serde_json::to_vec(event).unwrap_or_default();
             let subject = self.subjects.event(event.conversation_id, event.kind);
-            acks.push(
+            acks.push((
+                true,
                 self.send(subject, event.event_id.to_string(), payload.clone())
                     .await?,
-            );
+            ));
             if event.kind == EventType::ConversationCreated {
                 for user in participants_of(event) {
                     let subject = self.subjects.user(&user, event.kind.as_str());
                     let id = format!("{}:{}", event.event_id, user.subject_token());
-                    acks.push(self.send(subject, id, payload.clone()).await?);
+                    acks.push((false, self.send(subject, id, payload.clone()).await?));
                 }
             }
         }
-        for ack in acks {
-            ack.await?;
+        let mut sequences = Vec::with_capacity(events.len());
+        for (own, ack) in acks {
+            let ack = ack.await?;
+            if own {
+                sequences.push(ack.sequence);
+            }
         }
-        Ok(())
+        Ok(sequences)
     }
 
     /// A notice for one user's sockets (an `error` after a rejection).

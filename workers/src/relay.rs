@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allo_common::Settings;
-use allo_common::event::{EventEnvelope, EventType};
-use allo_common::ids::{CommandId, ConversationId, EventId, UserId};
+use allo_common::event::EventEnvelope;
 use allo_common::subjects::Subjects;
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::apply::split_marks;
 use crate::publish::Publisher;
+use crate::stream_erasure::StreamEraser;
 
 /// Events republished per round; bounded so one round's transaction stays short.
 const RELAY_BATCH: i64 = 500;
@@ -23,27 +23,21 @@ pub struct Relay {
     settings: Arc<Settings>,
     db: PgPool,
     publisher: Publisher,
+    /// Deletes erased events' copies from the stream, in the same rounds.
+    eraser: StreamEraser,
 }
-
-type EventRow = (
-    EventId,
-    ConversationId,
-    i64,
-    String,
-    Option<CommandId>,
-    String,
-    DateTime<Utc>,
-    serde_json::Value,
-);
 
 impl Relay {
     pub fn new(settings: Arc<Settings>, db: PgPool, nats: async_nats::Client) -> Self {
         let subjects = Subjects::new(&settings.subject_prefix);
-        let publisher = Publisher::new(async_nats::jetstream::new(nats), subjects);
+        let js = async_nats::jetstream::new(nats);
+        let eraser = StreamEraser::new(settings.clone(), db.clone(), js.clone());
+        let publisher = Publisher::new(js, subjects);
         Self {
             settings,
             db,
             publisher,
+            eraser,
         }
     }
 
@@ -58,6 +52,10 @@ impl Relay {
                 }
                 Err(e) => tracing::warn!(error = %e, "relay round failed; will retry"),
             }
+            // After the relay, so a copy it just published of an erased event goes too.
+            if let Err(e) = self.eraser.erase_all().await {
+                tracing::warn!(error = %e, "stream erasure round failed; will retry");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
@@ -65,11 +63,13 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch of overdue events; returns how many.
+    /// Publishes one batch of overdue events; returns how many. Each goes out as reads serve
+    /// it (`event_json`: erased content already scrubbed, a hidden message's redacted), and
+    /// its stream sequence is recorded for erasure.
     pub async fn relay_once(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT id, conversation_id, seq, type, command_id, actor_id, at, data FROM events
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+            "SELECT event_json(e) FROM events e
              WHERE published_at IS NULL AND committed_at < now() - make_interval(secs => $1)
              ORDER BY conversation_id, seq LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
@@ -81,28 +81,23 @@ impl Relay {
             return Ok(0);
         }
         let mut events = Vec::with_capacity(rows.len());
-        for (event_id, conversation_id, seq, kind, command_id, actor, at, data) in rows {
-            let (Some(kind), Ok(actor)) = (EventType::parse(&kind), UserId::parse(&actor)) else {
-                tracing::error!(%event_id, "event row with unknown type or actor; skipped");
-                continue;
-            };
-            events.push(EventEnvelope {
-                event_id,
-                kind,
-                conversation_id,
-                seq,
-                command_id,
-                actor,
-                at,
-                data,
-            });
+        for row in rows {
+            match serde_json::from_value::<EventEnvelope>(row) {
+                Ok(event) => events.push(event),
+                Err(e) => tracing::error!(error = %e, "unreadable event row; skipped"),
+            }
         }
-        self.publisher.events(&events).await?;
-        let ids: Vec<EventId> = events.iter().map(|e| e.event_id).collect();
-        sqlx::query("UPDATE events SET published_at = now() WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+        let seqs = self.publisher.events(&events).await?;
+        let marks: Vec<_> = events.iter().map(|e| e.event_id).zip(seqs).collect();
+        let (ids, seqs) = split_marks(&marks);
+        sqlx::query(
+            "UPDATE events e SET published_at = now(), stream_seq = m.seq
+             FROM unnest($1::uuid[], $2::bigint[]) AS m(id, seq) WHERE e.id = m.id",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(events.len())
     }

@@ -2,6 +2,10 @@
 //! the reporter's id); the conversation never learns who reported. Enough distinct reporters
 //! hide the message pending review (`messageDeleted` with reason `hidden`); a moderator
 //! restores it (`messageRestored`) or removes it for good (`messageDeleted`, reason `removed`).
+//! What the room sees of all this is done by the system: no reporter, no moderator, no command
+//! id. A report keeps the message as it was (for moderators) only while it is open; the
+//! moderators' notice carries no content (it is stored on the event stream): they read it in
+//! the moderation queue.
 
 use allo_common::error::ErrorCode;
 use allo_common::event::{EventType, UserNotice};
@@ -10,7 +14,9 @@ use allo_common::ops::reports::{MODERATOR_ROLE, ReportMessage, Resolution, Resol
 use serde_json::json;
 
 use crate::error::ApplyError;
-use crate::messages::{Erasure, erase, message_json, participant_and_message, refuse_with};
+use crate::messages::{
+    Erasure, erase, message_json, participant_and_message, refuse_with, withdraw_from_stream,
+};
 use crate::unit::Unit;
 
 fn require_moderator(unit: &Unit<'_>) -> Result<(), ApplyError> {
@@ -80,8 +86,9 @@ pub async fn report(
         .rows_affected()
             == 1;
         if newly_hidden {
+            withdraw_from_stream(unit, c.target.conversation_id, c.target.message_id).await?;
             let data = json!({"messageId": c.target.message_id, "reason": "hidden"});
-            unit.emit(c.target.conversation_id, EventType::MessageDeleted, data)
+            unit.emit_system(c.target.conversation_id, EventType::MessageDeleted, data)
                 .await?;
         }
     }
@@ -96,7 +103,6 @@ pub async fn report(
             "details": c.details,
             "openReports": reporters,
             "hidden": hide,
-            "message": snapshot,
         }),
     });
     Ok(json!({"reportId": c.report_id, "messageId": c.target.message_id, "status": "open"}))
@@ -129,7 +135,7 @@ pub async fn resolve(
     let moderator = unit.envelope.actor.clone();
     match c.action {
         Resolution::Dismiss => {
-            sqlx::query("UPDATE reports SET status = 'dismissed', resolved_by = $2, resolved_at = now() WHERE id = $1")
+            sqlx::query("UPDATE reports SET status = 'dismissed', resolved_by = $2, resolved_at = now(), snapshot = NULL WHERE id = $1")
                 .bind(c.report_id)
                 .bind(moderator.as_str())
                 .execute(&mut *unit.tx)
@@ -138,21 +144,22 @@ pub async fn resolve(
         Resolution::Remove => {
             // Every open report of the message is settled by its removal.
             sqlx::query(
-                "UPDATE reports SET status = 'removed', resolved_by = $2, resolved_at = now()
+                "UPDATE reports SET status = 'removed', resolved_by = $2, resolved_at = now(), snapshot = NULL
                  WHERE message_id = $1 AND status = 'open'",
             )
             .bind(message)
             .bind(moderator.as_str())
             .execute(&mut *unit.tx)
             .await?;
+            // The room learns that moderation removed it, not who did.
             let how = Erasure::Deleted {
-                by: Some(moderator.as_str()),
+                by: None,
                 reason: "removed",
             };
-            if erase(unit, conversation, message, how).await?.is_some() {
+            if let Some(deleted_at) = erase(unit, conversation, message, how).await? {
                 let data =
-                    json!({"messageId": message, "reason": "removed", "deletedBy": moderator});
-                unit.emit(conversation, EventType::MessageDeleted, data)
+                    json!({"messageId": message, "reason": "removed", "deletedAt": deleted_at});
+                unit.emit_system(conversation, EventType::MessageDeleted, data)
                     .await?;
             }
         }
@@ -184,18 +191,18 @@ pub async fn restore(unit: &mut Unit<'_>, c: &MessageRef) -> Result<serde_json::
     }
     let moderator = unit.envelope.actor.clone();
     sqlx::query(
-        "UPDATE reports SET status = 'dismissed', resolved_by = $2, resolved_at = now() WHERE message_id = $1 AND status = 'open'",
+        "UPDATE reports SET status = 'dismissed', resolved_by = $2, resolved_at = now(), snapshot = NULL
+         WHERE message_id = $1 AND status = 'open'",
     )
     .bind(c.message_id)
     .bind(moderator.as_str())
     .execute(&mut *unit.tx)
     .await?;
     let message = message_json(unit, c.message_id).await?;
-    unit.emit(
-        c.conversation_id,
-        EventType::MessageRestored,
-        message.clone(),
-    )
-    .await?;
-    Ok(message)
+    let seq = unit
+        .emit_system(c.conversation_id, EventType::MessageRestored, message)
+        .await?;
+    // No copy of the content in the moderator's result: the event is a system event (no
+    // command id), so erasure could not tie the result to the message.
+    Ok(json!({"messageId": c.message_id, "restored": true, "seq": seq}))
 }

@@ -259,7 +259,7 @@ impl Scheduler {
             .map_err(into_sqlx)?;
             let Some(deleted_at) = erased else { continue };
             let data = json!({"messageId": message, "reason": "expired", "deletedAt": deleted_at});
-            unit.emit(*conversation, EventType::MessageDeleted, data)
+            unit.emit_system(*conversation, EventType::MessageDeleted, data)
                 .await?;
             events.extend(std::mem::take(&mut unit.events));
         }

@@ -13,13 +13,13 @@
 //! the same lock, so a send is either before it in seq order or refused.
 
 use allo_common::command::{Command, CommandEnvelope, CommandStatus, load_outcome};
-use allo_common::event::{EventEnvelope, EventType};
+use allo_common::event::{Actor, EventEnvelope, EventType};
 use allo_common::ids::{CommandId, ConversationId, EventId, MessageId};
 use allo_common::ops::message_send::SendMessage;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::apply::{Applied, outcome_of};
+use crate::apply::{Applied, PublishedMark, outcome_of, split_marks};
 use crate::messages::message_send::MessageColumns;
 use crate::messages::participant_refusal;
 
@@ -42,7 +42,7 @@ pub fn as_send(command: &Command) -> Option<&SendMessage> {
 pub async fn apply(
     tx: &mut PgConnection,
     run: &[&CommandEnvelope],
-    marks: &[EventId],
+    marks: &[PublishedMark],
 ) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
     let sends: Vec<&SendMessage> = run
         .iter()
@@ -51,13 +51,16 @@ pub async fn apply(
     let mut conversations: Vec<ConversationId> = sends.iter().map(|s| s.conversation_id).collect();
     conversations.sort();
     conversations.dedup();
+    let (marked, stream_seqs) = split_marks(marks);
     sqlx::query(
-        "WITH marked AS (UPDATE events SET published_at = now()
-                         WHERE id = ANY($2) AND published_at IS NULL)
+        "WITH marked AS (UPDATE events e SET published_at = now(), stream_seq = m.seq
+                         FROM unnest($2::uuid[], $3::bigint[]) AS m(id, seq)
+                         WHERE e.id = m.id AND e.published_at IS NULL)
          SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
     .bind(&conversations)
-    .bind(marks)
+    .bind(marked)
+    .bind(stream_seqs)
     .execute(&mut *tx)
     .await?;
 
@@ -98,7 +101,7 @@ pub async fn apply(
                     conversation_id: send.conversation_id,
                     seq,
                     command_id: Some(envelope.command_id),
-                    actor: envelope.actor.clone(),
+                    actor: Actor::User(envelope.actor.clone()),
                     at,
                     data: data.clone(),
                 };

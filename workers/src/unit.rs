@@ -4,7 +4,7 @@
 
 use allo_common::command::CommandEnvelope;
 use allo_common::config::Limits;
-use allo_common::event::{EventEnvelope, EventType, UserNotice};
+use allo_common::event::{Actor, EventEnvelope, EventType, UserNotice};
 use allo_common::ids::{ConversationId, EventId};
 use chrono::Utc;
 use sqlx::PgConnection;
@@ -47,6 +47,21 @@ impl<'a> Unit<'a> {
         Ok(seq)
     }
 
+    /// Appends an event that names no user (actor `null`, no command id): what a vote, a hide
+    /// by reports, a moderator's decision or an expiry shows the room (see docs/nats.md,
+    /// "Who an event names").
+    pub async fn emit_system(
+        &mut self,
+        conversation: ConversationId,
+        kind: EventType,
+        data: serde_json::Value,
+    ) -> Result<i64, sqlx::Error> {
+        let seq = self.reserve_seq(conversation).await?;
+        self.write(conversation, seq, kind, data, Actor::System)
+            .await?;
+        Ok(seq)
+    }
+
     /// Takes the conversation's next seq (locking its row until commit), for a change that
     /// needs its seq before its event exists (a message takes its event's seq).
     pub async fn reserve_seq(&mut self, conversation: ConversationId) -> Result<i64, sqlx::Error> {
@@ -58,7 +73,7 @@ impl<'a> Unit<'a> {
         .await
     }
 
-    /// Writes the event for a reserved seq.
+    /// Writes the event for a reserved seq, done by the command's actor.
     pub async fn record(
         &mut self,
         conversation: ConversationId,
@@ -66,13 +81,30 @@ impl<'a> Unit<'a> {
         kind: EventType,
         data: serde_json::Value,
     ) -> Result<(), sqlx::Error> {
+        let actor = Actor::User(self.envelope.actor.clone());
+        self.write(conversation, seq, kind, data, actor).await
+    }
+
+    async fn write(
+        &mut self,
+        conversation: ConversationId,
+        seq: i64,
+        kind: EventType,
+        data: serde_json::Value,
+        actor: Actor,
+    ) -> Result<(), sqlx::Error> {
+        // A system event carries no command id either: the command would tie it to its user.
+        let command_id = match actor {
+            Actor::User(_) => Some(self.envelope.command_id),
+            Actor::System => None,
+        };
         let event = EventEnvelope {
             event_id: EventId::generate(),
             kind,
             conversation_id: conversation,
             seq,
-            command_id: Some(self.envelope.command_id),
-            actor: self.envelope.actor.clone(),
+            command_id,
+            actor,
             at: Utc::now(),
             data,
         };
@@ -85,7 +117,7 @@ impl<'a> Unit<'a> {
         .bind(seq)
         .bind(kind.as_str())
         .bind(event.command_id)
-        .bind(event.actor.as_str())
+        .bind(event.actor.user().map(|u| u.as_str()))
         .bind(event.at)
         .bind(&event.data)
         .execute(&mut *self.tx)

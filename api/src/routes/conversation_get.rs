@@ -20,7 +20,7 @@ pub async fn handler(
     let (conversation,): (Value,) = sqlx::query_as(
         "SELECT json_build_object(
             'conversationID', c.id, 'type', c.kind, 'topic', c.topic, 'owner', c.owner_id,
-            'lastSeq', c.last_seq, 'createdAt', c.created_at,
+            'lastSeq', c.last_seq, 'createdAt', c.created_at, 'historyVisibility', c.history_visibility,
             'admins', (SELECT coalesce(json_agg(p.user_id ORDER BY p.user_id), '[]') FROM participants p
                        WHERE p.conversation_id = c.id AND p.left_at IS NULL AND p.role IN ('owner', 'admin')),
             'participants', (SELECT coalesce(json_agg(json_build_object('userID', p.user_id, 'role', p.role,

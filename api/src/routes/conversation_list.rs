@@ -29,9 +29,11 @@ pub async fn handler(
             'lastReadSeq', p.last_read_seq,
             'unreadCount', (SELECT count(*) FROM messages m
                             WHERE m.conversation_id = c.id AND m.seq > p.last_read_seq AND m.author_id <> p.user_id
-                              AND message_visible(m) AND m.deleted_at IS NULL),
+                              AND message_visible(m) AND m.deleted_at IS NULL
+                              AND m.seq >= history_floor(c.id, p.user_id)),
             'lastMessage', (SELECT message_json(m, p.user_id) FROM messages m
-                            WHERE m.conversation_id = c.id AND message_visible(m) ORDER BY m.seq DESC LIMIT 1))
+                            WHERE m.conversation_id = c.id AND message_visible(m)
+                              AND m.seq >= history_floor(c.id, p.user_id) ORDER BY m.seq DESC LIMIT 1))
          FROM participants p JOIN conversations c ON c.id = p.conversation_id
          WHERE p.user_id = $1 AND p.left_at IS NULL
          ORDER BY c.last_seq DESC, c.created_at DESC

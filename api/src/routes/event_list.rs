@@ -1,5 +1,7 @@
 //! `GET /api/conversations/{id}/events?after=&limit=`: the event log after a seq, oldest first
-//! (for catching up after a disconnect). Content of deleted and unsent messages is scrubbed.
+//! (for catching up after a disconnect). Content of deleted and unsent messages is erased, a
+//! hidden message's is redacted (`event_json`), and nothing from before the caller's history
+//! floor is served.
 
 use allo_common::ids::ConversationId;
 use axum::Json;
@@ -31,14 +33,12 @@ pub async fn handler(
     if after < 0 {
         return Err(ApiError::bad_parameter("after", "must be >= 0"));
     }
-    require_participant(&state.db, id, &caller.user).await?;
+    let floor = require_participant(&state.db, id, &caller.user).await?;
     let events: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('eventId', id, 'type', type, 'conversationID', conversation_id, 'seq', seq,
-                                   'commandId', command_id, 'actor', actor_id, 'at', at, 'data', data)
-         FROM events WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        "SELECT event_json(e) FROM events e WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     )
     .bind(id)
-    .bind(after)
+    .bind(after.max(floor - 1))
     .bind(limit)
     .fetch_all(&state.db)
     .await?;

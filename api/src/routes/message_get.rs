@@ -16,13 +16,14 @@ pub async fn handler(
     Path(path): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (id, message) = super::message_path(path)?;
-    require_participant(&state.db, id, &caller.user).await?;
+    let floor = require_participant(&state.db, id, &caller.user).await?;
     let found: Option<Value> = sqlx::query_scalar(
-        "SELECT message_json(m, $3) FROM messages m WHERE m.id = $1 AND m.conversation_id = $2 AND message_visible(m)",
+        "SELECT message_json(m, $3) FROM messages m WHERE m.id = $1 AND m.conversation_id = $2 AND message_visible(m) AND m.seq >= $4",
     )
     .bind(message)
     .bind(id)
     .bind(caller.user.as_str())
+    .bind(floor)
     .fetch_optional(&state.db)
     .await?;
     found

@@ -1,6 +1,7 @@
 //! `GET /api/conversations/{id}/messages?before=&after=&limit=`: history by seq cursor.
 //! Newest first by default (`before` pages back); with `after`, oldest first (catch up).
-//! Unsent and expired messages are not shown; deleted ones are tombstones.
+//! Unsent, expired and hidden messages are not shown; deleted ones are tombstones; nothing from
+//! before the caller's history floor (see `require_participant`).
 
 use allo_common::ids::ConversationId;
 use axum::Json;
@@ -56,14 +57,14 @@ pub async fn handler(
             "must be >= 0",
         ));
     }
-    require_participant(&state.db, id, &caller.user).await?;
+    let floor = require_participant(&state.db, id, &caller.user).await?;
     let ascending = query.after.is_some();
     let rows: Vec<(Value,)> = sqlx::query_as(
         "SELECT message_json(m, $6)
          FROM messages m
          WHERE m.conversation_id = $1 AND message_visible(m)
            AND ($2::bigint IS NULL OR m.seq < $2)
-           AND ($3::bigint IS NULL OR m.seq > $3)
+           AND ($3::bigint IS NULL OR m.seq > $3) AND m.seq >= $7
          ORDER BY CASE WHEN $4 THEN m.seq END ASC, m.seq DESC
          LIMIT $5",
     )
@@ -73,6 +74,7 @@ pub async fn handler(
     .bind(ascending)
     .bind(limit)
     .bind(caller.user.as_str())
+    .bind(floor)
     .fetch_all(&state.db)
     .await?;
     let messages: Vec<Value> = rows.into_iter().map(|(v,)| v).collect();

@@ -52,27 +52,26 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Reads are for participants: 404 if the conversation does not exist, 403 if the caller is
-/// not (or no longer) in it.
+/// not (or no longer) in it. Returns the first seq the caller may read (their history floor:
+/// 0, or their join's seq in a conversation whose history visibility is `joined`).
 pub(crate) async fn require_participant(
     db: &PgPool,
     conversation: ConversationId,
     user: &UserId,
-) -> Result<(), ApiError> {
-    let row: Option<(bool,)> = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM participants WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL)
-         FROM conversations WHERE id = $1",
-    )
-    .bind(conversation)
-    .bind(user.as_str())
-    .fetch_optional(db)
-    .await?;
+) -> Result<i64, ApiError> {
+    let row: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT history_floor($1, $2) FROM conversations WHERE id = $1")
+            .bind(conversation)
+            .bind(user.as_str())
+            .fetch_optional(db)
+            .await?;
     match row {
         None => Err(ApiError::NotFound("conversation not found".into())),
-        Some((false,)) => Err(ApiError::domain(
+        Some((None,)) => Err(ApiError::domain(
             ErrorCode::NotParticipant,
             "you are not a participant of this conversation",
         )),
-        Some((true,)) => Ok(()),
+        Some((Some(floor),)) => Ok(floor),
     }
 }
 

@@ -16,15 +16,17 @@ pub async fn handler(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id, ConversationId::parse)?;
-    require_participant(&state.db, id, &caller.user).await?;
+    let floor = require_participant(&state.db, id, &caller.user).await?;
     let pins: Vec<Value> = sqlx::query_scalar(
         "SELECT message_json(m, $2) FROM messages m
          WHERE m.conversation_id = $1 AND m.pinned_at IS NOT NULL AND message_visible(m)
+           AND m.seq >= $4
          ORDER BY m.pinned_at DESC LIMIT $3",
     )
     .bind(id)
     .bind(caller.user.as_str())
     .bind(state.settings.limits.history_page_max)
+    .bind(floor)
     .fetch_all(&state.db)
     .await?;
     Ok(Json(Value::Array(pins)))

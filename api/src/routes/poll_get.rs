@@ -16,15 +16,16 @@ pub async fn handler(
     Path(path): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (id, message) = super::message_path(path)?;
-    require_participant(&state.db, id, &caller.user).await?;
+    let floor = require_participant(&state.db, id, &caller.user).await?;
     let poll: Option<Value> = sqlx::query_scalar(
         "SELECT poll_json(p, $3) || jsonb_build_object('messageId', m.id, 'conversationID', m.conversation_id, 'userID', m.author_id)
          FROM polls p JOIN messages m ON m.id = p.message_id
-         WHERE p.message_id = $1 AND m.conversation_id = $2 AND message_visible(m)",
+         WHERE p.message_id = $1 AND m.conversation_id = $2 AND message_visible(m) AND m.seq >= $4",
     )
     .bind(message)
     .bind(id)
     .bind(caller.user.as_str())
+    .bind(floor)
     .fetch_optional(&state.db)
     .await?;
     poll.map(Json)

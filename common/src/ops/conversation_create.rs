@@ -1,11 +1,11 @@
-//! `createConversation`: `{participants, type, topic, owner}`. The caller becomes the owner and
-//! a participant; a `direct` conversation has exactly two participants.
+//! `createConversation`: `{participants, type, topic, owner, historyVisibility}`. The caller
+//! becomes the owner and a participant; a `direct` conversation has exactly two participants.
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ParseContext, RequestError, check_is_caller};
+use super::{ParseContext, RequestError, check_is_caller, parse_id};
 use crate::command::Command;
 use crate::ids::{ConversationId, UserId};
 use crate::text::Topic;
@@ -19,6 +19,43 @@ pub struct CreateConversationRequest {
     pub topic: Option<String>,
     #[serde(default)]
     pub owner: Option<String>,
+    #[serde(default, rename = "historyVisibility")]
+    pub history_visibility: Option<String>,
+}
+
+/// What a member added later reads of what happened before they joined: everything
+/// (`shared`) or nothing (`joined`). Set at creation; the default depends on the kind (a
+/// group is private: `joined`; a channel is public: `shared`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryVisibility {
+    Shared,
+    Joined,
+}
+
+impl HistoryVisibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shared => "shared",
+            Self::Joined => "joined",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "shared" => Some(Self::Shared),
+            "joined" => Some(Self::Joined),
+            _ => None,
+        }
+    }
+
+    /// The default for a kind of conversation.
+    pub fn default_for(kind: ConversationKind) -> Self {
+        match kind {
+            ConversationKind::Channel => Self::Shared,
+            ConversationKind::Direct | ConversationKind::Group => Self::Joined,
+        }
+    }
 }
 
 /// The three kinds of the original. Who may join depends on it (see `joinConversation`).
@@ -58,6 +95,57 @@ pub struct CreateConversation {
     /// Everyone in the conversation, the owner included; sorted and without duplicates.
     pub participants: Vec<UserId>,
     pub topic: Option<Topic>,
+    /// Absent in commands accepted before the setting existed: the kind's default.
+    #[serde(
+        default,
+        rename = "historyVisibility",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history_visibility: Option<HistoryVisibility>,
+}
+
+impl CreateConversation {
+    pub fn history_visibility(&self) -> HistoryVisibility {
+        self.history_visibility
+            .unwrap_or_else(|| HistoryVisibility::default_for(self.kind))
+    }
+}
+
+/// `setHistoryVisibility {conversationID, historyVisibility}`: admins change the setting
+/// (the worker checks the role).
+#[derive(Debug, Deserialize)]
+pub struct SetHistoryVisibilityRequest {
+    #[serde(rename = "conversationID")]
+    pub conversation_id: String,
+    #[serde(rename = "historyVisibility")]
+    pub history_visibility: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetHistoryVisibility {
+    #[serde(rename = "conversationID")]
+    pub conversation_id: ConversationId,
+    #[serde(rename = "historyVisibility")]
+    pub history_visibility: HistoryVisibility,
+}
+
+fn visibility(raw: &str) -> Result<HistoryVisibility, RequestError> {
+    HistoryVisibility::parse(raw)
+        .ok_or_else(|| RequestError::invalid("historyVisibility", "must be shared or joined"))
+}
+
+pub fn parse_history(
+    req: SetHistoryVisibilityRequest,
+    _ctx: &ParseContext<'_>,
+) -> Result<Command, RequestError> {
+    Ok(Command::SetHistoryVisibility(SetHistoryVisibility {
+        conversation_id: parse_id(
+            "conversationID",
+            &req.conversation_id,
+            ConversationId::parse,
+        )?,
+        history_visibility: visibility(&req.history_visibility)?,
+    }))
 }
 
 pub fn parse(
@@ -92,11 +180,19 @@ pub fn parse(
         .map(|t| Topic::parse(t, ctx.limits.topic_max_chars))
         .transpose()
         .map_err(|m| RequestError::invalid("topic", m))?;
+    let history_visibility = req
+        .history_visibility
+        .as_deref()
+        .map(visibility)
+        .transpose()?;
     Ok(Command::CreateConversation(CreateConversation {
         conversation_id: ctx.command_id.conversation_id(),
         kind,
         participants: participants.into_iter().collect(),
         topic,
+        history_visibility: Some(
+            history_visibility.unwrap_or_else(|| HistoryVisibility::default_for(kind)),
+        ),
     }))
 }
 
@@ -151,6 +247,12 @@ mod tests {
                 json!({"participants": ["bob"], "type": "group", "owner": "mallory"})
             )),
             "owner"
+        );
+        assert_eq!(
+            field_of(body(
+                json!({"participants": ["bob"], "type": "group", "historyVisibility": "all"})
+            )),
+            "historyVisibility"
         );
         assert!(body(json!({"participants": ["bob"], "type": "group", "owner": "alice"})).is_ok());
     }

@@ -105,10 +105,12 @@ pub enum Operation {
     ResolveReport,
     #[serde(rename = "restoreMessage")]
     RestoreMessage,
+    #[serde(rename = "setHistoryVisibility")]
+    SetHistoryVisibility,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 27] = [
+    pub const ALL: [Operation; 28] = [
         Operation::CreateConversation,
         Operation::JoinConversation,
         Operation::LeaveConversation,
@@ -136,6 +138,7 @@ impl Operation {
         Operation::ReportMessage,
         Operation::ResolveReport,
         Operation::RestoreMessage,
+        Operation::SetHistoryVisibility,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -167,6 +170,7 @@ impl Operation {
             Self::ReportMessage => "reportMessage",
             Self::ResolveReport => "resolveReport",
             Self::RestoreMessage => "restoreMessage",
+            Self::SetHistoryVisibility => "setHistoryVisibility",
         }
     }
 
@@ -288,6 +292,7 @@ pub fn parse_value(
         Op::ReportMessage => reports::parse_report(typed(value)?, ctx),
         Op::ResolveReport => reports::parse_resolve(typed(value)?, ctx),
         Op::RestoreMessage => reports::parse_restore(typed(value)?, ctx),
+        Op::SetHistoryVisibility => conversation_create::parse_history(typed(value)?, ctx),
     }
 }
 

@@ -3,9 +3,12 @@
 
 use allo_common::error::{DomainError, ErrorCode};
 use allo_common::event::EventType;
-use allo_common::ops::conversation_create::{ConversationKind, CreateConversation};
+use allo_common::ops::conversation_create::{
+    ConversationKind, CreateConversation, SetHistoryVisibility,
+};
 use serde_json::json;
 
+use super::{refuse, require_participant};
 use crate::error::ApplyError;
 use crate::unit::Unit;
 
@@ -37,8 +40,8 @@ pub async fn apply(
         }
     }
     sqlx::query(
-        "INSERT INTO conversations (id, kind, topic, owner_id, direct_key, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO conversations (id, kind, topic, owner_id, direct_key, created_at, history_visibility)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(c.conversation_id)
     .bind(c.kind.as_str())
@@ -46,6 +49,7 @@ pub async fn apply(
     .bind(owner.as_str())
     .bind(&direct_key)
     .bind(unit.envelope.at)
+    .bind(c.history_visibility().as_str())
     .execute(&mut *unit.tx)
     .await?;
     let users: Vec<&str> = c.participants.iter().map(|u| u.as_str()).collect();
@@ -66,6 +70,7 @@ pub async fn apply(
         "owner": owner,
         "admins": [owner],
         "participants": c.participants,
+        "historyVisibility": c.history_visibility(),
         "createdAt": unit.envelope.at,
     });
     unit.emit(
@@ -75,4 +80,39 @@ pub async fn apply(
     )
     .await?;
     Ok(conversation)
+}
+
+/// setHistoryVisibility: admins (owner included) change what members added later read of the
+/// history before their join. Going from `joined` to `shared` opens that history to them: a
+/// deliberate admin decision, announced to the room. Unchanged: no event.
+pub async fn set_history(
+    unit: &mut Unit<'_>,
+    c: &SetHistoryVisibility,
+) -> Result<serde_json::Value, ApplyError> {
+    let actor = unit.envelope.actor.clone();
+    let (role, _) = require_participant(unit, c.conversation_id, &actor).await?;
+    if !role.is_admin() {
+        return Err(refuse(
+            ErrorCode::Forbidden,
+            "only admins change the history visibility",
+        ));
+    }
+    let changed = sqlx::query(
+        "UPDATE conversations SET history_visibility = $2 WHERE id = $1 AND history_visibility <> $2",
+    )
+    .bind(c.conversation_id)
+    .bind(c.history_visibility.as_str())
+    .execute(&mut *unit.tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let mut result = json!({"conversationID": c.conversation_id, "historyVisibility": c.history_visibility, "changed": changed});
+    if changed {
+        let data = json!({"conversationID": c.conversation_id, "historyVisibility": c.history_visibility, "changedBy": actor});
+        let seq = unit
+            .emit(c.conversation_id, EventType::HistoryVisibilityChanged, data)
+            .await?;
+        result["seq"] = seq.into();
+    }
+    Ok(result)
 }

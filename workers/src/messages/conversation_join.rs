@@ -74,5 +74,6 @@ pub async fn apply(
     let seq = unit
         .emit(c.conversation_id, EventType::ParticipantJoined, data)
         .await?;
+    super::participants::record_join(unit, c.conversation_id, &actor, seq).await?;
     Ok(json!({"conversationID": c.conversation_id, "userID": actor, "joined": true, "seq": seq}))
 }

@@ -4,6 +4,7 @@
 
 mod conversation_create;
 mod conversation_join;
+mod erasure;
 mod message_delete;
 mod message_edit;
 mod message_forward;
@@ -22,6 +23,8 @@ use chrono::{DateTime, Utc};
 use crate::error::ApplyError;
 use crate::unit::Unit;
 
+pub(crate) use erasure::{Erasure, erase, withdraw_from_stream};
+
 /// Applies one messages-pool command; the caller commits.
 pub async fn apply(
     unit: &mut Unit<'_>,
@@ -29,6 +32,7 @@ pub async fn apply(
 ) -> Result<serde_json::Value, ApplyError> {
     match command {
         Command::CreateConversation(c) => conversation_create::apply(unit, c).await,
+        Command::SetHistoryVisibility(c) => conversation_create::set_history(unit, c).await,
         Command::JoinConversation(c) => conversation_join::apply(unit, c).await,
         Command::LeaveConversation(c) => participants::leave(unit, c).await,
         Command::AddParticipants(c) => participants::add(unit, c).await,
@@ -220,71 +224,4 @@ pub(crate) async fn message_json(
             .fetch_one(&mut *unit.tx)
             .await?,
     )
-}
-
-/// How a message's content goes away.
-pub(crate) enum Erasure<'a> {
-    /// A tombstone stays (id, seq, who and why).
-    Deleted {
-        by: Option<&'a str>,
-        reason: &'static str,
-    },
-    /// The message disappears for everyone.
-    Unsent,
-}
-
-/// Erases a message's content, reactions and pin, and scrubs it from the event log. Returns
-/// when, or `None` if it was already deleted (nothing changed).
-pub(crate) async fn erase(
-    unit: &mut Unit<'_>,
-    conversation: ConversationId,
-    message: MessageId,
-    how: Erasure<'_>,
-) -> Result<Option<DateTime<Utc>>, ApplyError> {
-    let (deleted, by, reason) = match how {
-        Erasure::Deleted { by, reason } => (true, by, Some(reason)),
-        Erasure::Unsent => (false, None, None),
-    };
-    let at: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "UPDATE messages SET body = NULL, attachments = '[]', signature = NULL, encryption_algorithm = NULL,
-                             pinned_at = NULL, pinned_by = NULL, hidden_at = NULL,
-                             deleted_at = CASE WHEN $2 THEN now() END, deleted_by = $3, deleted_reason = $4,
-                             unsent_at = CASE WHEN $2 THEN unsent_at ELSE now() END
-         WHERE id = $1 AND deleted_at IS NULL RETURNING now()",
-    )
-    .bind(message)
-    .bind(deleted)
-    .bind(by)
-    .bind(reason)
-    .fetch_optional(&mut *unit.tx)
-    .await?;
-    if at.is_some() {
-        sqlx::query("DELETE FROM reactions WHERE message_id = $1")
-            .bind(message)
-            .execute(&mut *unit.tx)
-            .await?;
-        scrub_events(unit, conversation, message).await?;
-    }
-    Ok(at)
-}
-
-/// Removes a message's content from the event log, so replays and resumes do not bring back
-/// what was deleted or unsent. (Copies already on the event stream age out with its max age.)
-async fn scrub_events(
-    unit: &mut Unit<'_>,
-    conversation: ConversationId,
-    message: MessageId,
-) -> Result<(), ApplyError> {
-    sqlx::query(
-        "UPDATE events SET data = CASE
-            WHEN type = 'messageEdited' THEN data || '{\"newMessage\": null}'::jsonb
-            ELSE data || '{\"message\": null, \"attachments\": [], \"signature\": null}'::jsonb END
-         WHERE conversation_id = $1 AND data->>'messageId' = $2
-           AND type IN ('message', 'messageForwarded', 'messageEdited')",
-    )
-    .bind(conversation)
-    .bind(message.to_string())
-    .execute(&mut *unit.tx)
-    .await?;
-    Ok(())
 }

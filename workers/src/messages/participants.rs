@@ -5,7 +5,7 @@
 
 use allo_common::error::ErrorCode;
 use allo_common::event::EventType;
-use allo_common::ids::UserId;
+use allo_common::ids::{ConversationId, UserId};
 use allo_common::ops::participants::{AddParticipants, LeaveConversation, ParticipantChange};
 use serde_json::json;
 
@@ -115,8 +115,10 @@ pub async fn add(
         .execute(&mut *unit.tx)
         .await?;
         let data = json!({"conversationID": c.conversation_id, "userID": user, "role": "member", "addedBy": actor, "joinedAt": unit.envelope.at});
-        unit.emit(c.conversation_id, EventType::ParticipantJoined, data)
+        let seq = unit
+            .emit(c.conversation_id, EventType::ParticipantJoined, data)
             .await?;
+        record_join(unit, c.conversation_id, user, seq).await?;
         added.push(user.clone());
     }
     Ok(json!({"conversationID": c.conversation_id, "added": added, "alreadyParticipants": already}))
@@ -224,4 +226,23 @@ pub async fn set_admin(
     result["changed"] = true.into();
     result["seq"] = seq.into();
     Ok(result)
+}
+
+/// Records the seq of a participant's (re)join: where their history starts in a conversation
+/// whose history visibility is `joined` (see `history_floor` in the migrations).
+pub(super) async fn record_join(
+    unit: &mut Unit<'_>,
+    conversation: ConversationId,
+    user: &UserId,
+    seq: i64,
+) -> Result<(), ApplyError> {
+    sqlx::query(
+        "UPDATE participants SET joined_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
+    )
+    .bind(conversation)
+    .bind(user.as_str())
+    .bind(seq)
+    .execute(&mut *unit.tx)
+    .await?;
+    Ok(())
 }
