@@ -37,6 +37,12 @@ pub enum ApiError {
     /// NATS or Postgres cannot take the request now; nothing was accepted.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// This replica is serving `limits.api_max_in_flight` requests already.
+    #[error("overloaded")]
+    Overloaded,
+    /// The request ran past `limits.request_timeout_secs`.
+    #[error("timed out")]
+    TimedOut,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -163,6 +169,20 @@ impl IntoResponse for ApiError {
                 "unavailable",
                 "Service unavailable",
                 m.clone(),
+                None,
+            ),
+            Self::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Service overloaded",
+                "this server is at its limit of requests in flight; retry shortly".to_string(),
+                None,
+            ),
+            Self::TimedOut => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
+                "the request took too long and was ended".to_string(),
                 None,
             ),
             Self::Internal(e) => {

@@ -6,6 +6,7 @@
 //! - [`auth`]: the bearer-token extractor.
 //! - [`error`]: the one HTTP error type (problem+json).
 
+pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod routes;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub keys: TokenKeys,
     /// Rate-budget tokens this replica leased and has not spent (shared by its requests).
     pub rate_leases: Arc<allo_common::ingress::RateLeases>,
+    /// In-flight cap, request timeout and held waits per user.
+    pub admission: Arc<admission::Admission>,
 }
 
 impl AppState {
@@ -42,6 +45,7 @@ impl AppState {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         // First: a service that would accept forged tokens must not even connect.
         let keys = TokenKeys::from_settings(&settings)?;
+        let admission = Arc::new(admission::Admission::new(&settings.limits));
         let db = allo_common::db::connect_lazy(&settings).context("database URL")?;
         let nats = allo_common::jetstream::connect(&settings, "allo-api")
             .await
@@ -58,6 +62,7 @@ impl AppState {
             nats,
             js,
             rate_leases: Arc::default(),
+            admission,
         })
     }
 }
@@ -66,7 +71,12 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.settings.cors_origins);
     let body_limit = state.settings.limits.body_max_bytes;
+    let admission = state.admission.clone();
     routes::router()
+        .layer(axum::middleware::from_fn_with_state(
+            admission,
+            admission::admit,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(cors)
         .layer(TraceLayer::new_for_http())

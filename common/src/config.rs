@@ -87,6 +87,14 @@ pub struct Limits {
     pub body_max_bytes: usize,
     /// Longest `Prefer: wait=<s>` honoured.
     pub wait_max_secs: u64,
+    /// `Prefer: wait` requests one user may hold open at once per API replica; past it the
+    /// preference is not applied (the answer is 202 at once).
+    pub waits_per_user: usize,
+    /// Requests one API replica serves at once; past it, 503 `overloaded` with `Retry-After`.
+    pub api_max_in_flight: usize,
+    /// A request still unanswered after this is ended with 503 `timeout` (longer than
+    /// `wait_max_secs`).
+    pub request_timeout_secs: u64,
     pub history_page_max: i64,
     /// Longest `Idempotency-Key` accepted.
     pub idempotency_key_max_chars: usize,
@@ -183,6 +191,9 @@ impl Default for Settings {
                 participants_max: 1000,
                 body_max_bytes: 64 * 1024,
                 wait_max_secs: 30,
+                waits_per_user: 4,
+                api_max_in_flight: 1024,
+                request_timeout_secs: 45,
                 history_page_max: 100,
                 idempotency_key_max_chars: 200,
                 ciphertext_max_bytes: 16 * 1024,
@@ -255,6 +266,14 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "worker.concurrency must be at least 1 and leave 2 of database_max_connections \
                  for the relay and the scheduler"
+                    .into(),
+            ));
+        }
+        let limits = &self.limits;
+        if limits.api_max_in_flight == 0 || limits.request_timeout_secs <= limits.wait_max_secs {
+            return Err(ConfigError::Invalid(
+                "limits.api_max_in_flight must be positive and limits.request_timeout_secs \
+                 longer than limits.wait_max_secs"
                     .into(),
             ));
         }

@@ -242,3 +242,127 @@ async fn a_refreshed_socket_outlives_its_first_token_and_takes_the_new_roles() {
         "a socket whose moderator role was dropped still hears reports"
     );
 }
+
+fn send_body(conversation: &str) -> String {
+    json!({"conversationID": conversation, "message": "held"}).to_string()
+}
+
+#[tokio::test]
+async fn past_its_in_flight_cap_the_api_refuses_at_once_and_recovers() {
+    // No workers: a `Prefer: wait` request is held for its whole wait.
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: false,
+        env: vec![
+            ("ALLO_LIMITS__API_MAX_IN_FLIGHT".into(), "2".into()),
+            ("ALLO_LIMITS__WAITS_PER_USER".into(), "4".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let conv = uuid::Uuid::new_v4().to_string();
+    let hold = |user: &'static str| {
+        let token = stack.token(user);
+        let body = send_body(&conv);
+        let stack = &stack;
+        async move {
+            // The probe may take the last slot first: then this hold is refused; try again.
+            loop {
+                let reply = stack
+                    .post_raw(
+                        Some(&token),
+                        "sendMessage",
+                        body.clone(),
+                        &[("prefer", "wait=6")],
+                    )
+                    .await;
+                if reply.status != 503 {
+                    return reply;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let probe = async {
+        // While both holds are in flight, a third request is refused at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let reply = stack
+                .get(Some(&stack.token("carol")), "/api/conversations")
+                .await;
+            if reply.status == 503 || tokio::time::Instant::now() > deadline {
+                let health = stack.get(None, "/healthz").await;
+                return (reply, health.status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (a, b, (refused, health)) = tokio::join!(hold("alice"), hold("bob"), probe);
+    let refused = allo_e2e::assert_problem(refused, 503);
+    assert_eq!(refused.body["code"], "overloaded", "{:?}", refused.body);
+    assert!(refused.headers.get("retry-after").is_some());
+    assert_eq!(health, 200, "health probes are not capped");
+    assert_eq!(
+        (a.status, b.status),
+        (202, 202),
+        "{:?} {:?}",
+        a.body,
+        b.body
+    );
+    // The holds are over: the cap no longer bites.
+    let after = stack
+        .get(Some(&stack.token("carol")), "/api/conversations")
+        .await;
+    assert_eq!(after.status, 200, "{:?}", after.body);
+}
+
+#[tokio::test]
+async fn a_user_holds_a_bounded_number_of_waits() {
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: false,
+        env: vec![("ALLO_LIMITS__WAITS_PER_USER".into(), "2".into())],
+        ..Default::default()
+    })
+    .await;
+    let conv = uuid::Uuid::new_v4().to_string();
+    let token = stack.token("alice");
+    let held = || {
+        stack.post_raw(
+            Some(&token),
+            "sendMessage",
+            send_body(&conv),
+            &[("prefer", "wait=8")],
+        )
+    };
+    // Two waits are held; a third of the same user is answered (202) while they still are,
+    // and another user's wait is held as usual.
+    let extra = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let extra = stack
+            .post_raw(
+                Some(&token),
+                "sendMessage",
+                send_body(&conv),
+                &[("prefer", "wait=8")],
+            )
+            .await;
+        (extra, tokio::time::Instant::now())
+    };
+    let timed = |f| async move {
+        let reply = f.await;
+        (reply, tokio::time::Instant::now())
+    };
+    let ((one, one_at), (two, two_at), (extra, extra_at)) =
+        tokio::join!(timed(held()), timed(held()), extra);
+    assert_eq!(
+        (one.status, two.status, extra.status),
+        (202, 202, 202),
+        "{:?}",
+        extra.body
+    );
+    assert!(
+        extra_at < one_at && extra_at < two_at,
+        "the third wait of one user was held too"
+    );
+}

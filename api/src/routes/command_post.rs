@@ -42,6 +42,10 @@ pub async fn handler(
         max: limits.body_max_bytes,
     })?;
     let wait = requested_wait(&headers, query.wait.as_deref(), limits.wait_max_secs)?;
+    // A user holds at most `limits.waits_per_user` waits; past that the preference is not
+    // applied and the answer is 202 at once.
+    let wait_slot = wait.and_then(|_| state.admission.hold_wait(&caller.user));
+    let wait = wait.filter(|_| wait_slot.is_some());
     let key = idempotency_key(&headers, limits.idempotency_key_max_chars)?;
     let command_id = match key {
         Some(key) => CommandId::from_idempotency_key(&caller.user, key),
