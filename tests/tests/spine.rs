@@ -1193,7 +1193,9 @@ async fn jwt_edge_cases_are_refused() {
             "socket accepted a token with {what}"
         );
     }
-    // Inside the leeway (a few seconds of clock skew) the token still works.
+    // Inside the leeway (a few seconds of clock skew) the token still works. The clock is
+    // read again here: the refusals above can take seconds on a loaded machine.
+    let now = chrono::Utc::now().timestamp();
     let skewed = sign(Algorithm::HS256, json!({"sub": "alice", "exp": now - 2}));
     let reply = stack.get(Some(&skewed), "/api/conversations").await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
