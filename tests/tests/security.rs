@@ -130,20 +130,21 @@ async fn stack_with_notice(notice_secs: u64) -> Stack {
 
 #[tokio::test]
 async fn a_socket_is_warned_then_disconnected_when_its_token_expires() {
-    let stack = stack_with_notice(3).await;
+    // Lifetimes of seconds, with room for a slow machine to connect first.
+    let stack = stack_with_notice(5).await;
     let conv = stack.create_conversation("alice", "group", &["bob"]).await;
     let mut socket =
-        SocketClient::connect(&stack.fanout_url, &short_lived(&stack, "alice", &[], 5))
+        SocketClient::connect(&stack.fanout_url, &short_lived(&stack, "alice", &[], 10))
             .await
             .expect("connects");
     socket.join(&conv).await;
     let warned = socket
-        .next_named("tokenExpiring", Duration::from_secs(6))
+        .next_named("tokenExpiring", Duration::from_secs(11))
         .await
         .unwrap_or_else(|| panic!("no tokenExpiring; got {:?}", socket.backlog()));
     assert!(warned["expiresAt"].is_i64(), "{warned}");
     socket
-        .next_named("tokenExpired", Duration::from_secs(8))
+        .next_named("tokenExpired", Duration::from_secs(12))
         .await
         .unwrap_or_else(|| panic!("no tokenExpired; got {:?}", socket.backlog()));
     let gone = socket.next_kind("disconnect", Duration::from_secs(5)).await;
@@ -170,20 +171,21 @@ async fn a_socket_is_warned_then_disconnected_when_its_token_expires() {
 
 #[tokio::test]
 async fn a_refreshed_socket_outlives_its_first_token_and_takes_the_new_roles() {
-    let stack = stack_with_notice(3).await;
+    let stack = stack_with_notice(5).await;
     let conv = stack
         .create_conversation("alice", "group", &["bob", "carol"])
         .await;
     let mut socket = SocketClient::connect(
         &stack.fanout_url,
-        &short_lived(&stack, "mia", &["moderator"], 5),
+        &short_lived(&stack, "mia", &["moderator"], 10),
     )
     .await
     .expect("connects");
-    socket
-        .next_named("tokenExpiring", Duration::from_secs(6))
+    let warned = socket
+        .next_named("tokenExpiring", Duration::from_secs(11))
         .await
         .expect("warned before exp");
+    let first_exp = warned["expiresAt"].as_i64().expect("expiresAt");
     // Another user's token is refused and changes nothing.
     let refused = socket
         .emit("refreshToken", json!({"token": stack.token("bob")}))
@@ -195,7 +197,8 @@ async fn a_refreshed_socket_outlives_its_first_token_and_takes_the_new_roles() {
         .await;
     assert_eq!(refreshed["refreshed"], true, "{refreshed}");
     // Past the first token's exp, the socket is still there and still submits.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let past_exp = first_exp + 2 - chrono::Utc::now().timestamp();
+    tokio::time::sleep(Duration::from_secs(u64::try_from(past_exp).unwrap_or(0))).await;
     assert!(
         socket
             .next_kind("disconnect", Duration::from_millis(100))
