@@ -369,3 +369,50 @@ async fn a_user_holds_a_bounded_number_of_waits() {
         "the third wait of one user was held too"
     );
 }
+
+#[tokio::test]
+async fn a_request_that_outlasts_the_timeout_is_ended() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: false,
+        env: vec![
+            ("ALLO_LIMITS__WAIT_MAX_SECS".into(), "1".into()),
+            ("ALLO_LIMITS__REQUEST_TIMEOUT_SECS".into(), "2".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // A client that announces a body and trickles none of it (slowloris) holds a request slot
+    // until the timeout ends the request, not forever.
+    let addr = stack.api_url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/chat/sendMessage HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"conv",
+        stack.token("alice")
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n{") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the held request was never ended");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"code\":\"timeout\""), "{text}");
+    assert_eq!(
+        stack.commands_published().await,
+        0,
+        "a cut-off request published"
+    );
+}
