@@ -123,18 +123,20 @@ ingress_wrk() { # label, url
 # --- Allo -----------------------------------------------------------------------------------
 if [[ ",$systems," == *,allo,* ]]; then
   api_addr="127.0.0.1:$(pick_port)" fanout_addr="127.0.0.1:$(pick_port)"
+  api_admin="127.0.0.1:$(pick_port)" fanout_admin="127.0.0.1:$(pick_port)"
   export ALLO_API_ADDR=$api_addr ALLO_FANOUT_ADDR=$fanout_addr ALLO_SUBJECT_PREFIX=$prefix
+  export ALLO_API_ADMIN_ADDR=$api_admin ALLO_FANOUT_ADMIN_ADDR=$fanout_admin
   export ALLO_JWT_SECRET=$secret ALLO_DATABASE_URL="$pg_base/$allo_db" RUST_LOG=${RUST_LOG:-warn}
   # The bench's 20 senders post far past the per-user budget meant for people.
   export ALLO_LIMITS__RATE_MAX_PER_WINDOW=${ALLO_LIMITS__RATE_MAX_PER_WINDOW:-1000000000}
   env | grep '^ALLO_\|^RUST_LOG' | sort >"$out/allo-env.txt" # what this run used
   "$bin/allo-workers" migrate >"$out/allo-migrate.log" 2>&1 ||
     { log "allo-workers migrate failed:"; cat "$out/allo-migrate.log" >&2; exit 1; }
-  "$bin/allo-workers" >"$out/workers.log" 2>&1 & workers_pid=$!; pids+=($!)
-  "$bin/allo-api" >"$out/api.log" 2>&1 & api_pid=$!; pids+=($!)
-  "$bin/allo-fanout" >"$out/fanout.log" 2>&1 & fanout_pid=$!; pids+=($!)
-  wait_ready "http://$api_addr/readyz" "$out/api.log" "$api_pid"
-  wait_ready "http://$fanout_addr/readyz" "$out/fanout.log" "$fanout_pid"
+  env $(nats_env workers) "$bin/allo-workers" >"$out/workers.log" 2>&1 & workers_pid=$!; pids+=($!)
+  env $(nats_env api) "$bin/allo-api" >"$out/api.log" 2>&1 & api_pid=$!; pids+=($!)
+  env $(nats_env fanout) "$bin/allo-fanout" >"$out/fanout.log" 2>&1 & fanout_pid=$!; pids+=($!)
+  wait_ready "http://$api_admin/readyz" "$out/api.log" "$api_pid"
+  wait_ready "http://$fanout_admin/readyz" "$out/fanout.log" "$fanout_pid"
   loadgen allo --api "http://$api_addr" --fanout "http://$fanout_addr" \
     --procs "api=$api_pid,workers=$workers_pid,fanout=$fanout_pid,nats=$nats_pid" \
     --pg-dbs "$allo_db" --system api,workers,fanout,nats,pg
@@ -142,8 +144,8 @@ if [[ ",$systems," == *,allo,* ]]; then
     stop_pid "$workers_pid" # the ingress alone: commands pile up in the stream, nothing applies them
     # ... past the overload bound (5,000 waiting commands by default), so lift it for this run.
     stop_pid "$api_pid"
-    ALLO_JETSTREAM__COMMAND_MAX_MESSAGES=10000000 "$bin/allo-api" >"$out/api-ingress.log" 2>&1 & api_pid=$!; pids+=($!)
-    wait_ready "http://$api_addr/readyz" "$out/api-ingress.log" "$api_pid"
+    env $(nats_env api) ALLO_JETSTREAM__COMMAND_MAX_MESSAGES=10000000 "$bin/allo-api" >"$out/api-ingress.log" 2>&1 & api_pid=$!; pids+=($!)
+    wait_ready "http://$api_admin/readyz" "$out/api-ingress.log" "$api_pid"
     WRK_PAIRS="$out/pairs-allo.txt" ingress_wrk allo "http://$api_addr"
   fi
   for p in "$api_pid" "$fanout_pid" "$workers_pid"; do stop_pid "$p"; done

@@ -17,6 +17,8 @@ export ALLO_NATS_URL="${ALLO_NATS_URL:-nats://127.0.0.1:4222}"
 export ALLO_DATABASE_URL="${ALLO_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/allo}"
 export ALLO_API_ADDR="${ALLO_API_ADDR:-127.0.0.1:5000}"
 export ALLO_FANOUT_ADDR="${ALLO_FANOUT_ADDR:-127.0.0.1:5001}"
+export ALLO_API_ADMIN_ADDR="${ALLO_API_ADMIN_ADDR:-127.0.0.1:5100}"
+export ALLO_FANOUT_ADMIN_ADDR="${ALLO_FANOUT_ADMIN_ADDR:-127.0.0.1:5101}"
 profile="${ALLO_PROFILE:-debug}"
 
 children=()
@@ -39,11 +41,13 @@ bin="$ALLO_ROOT/target/$profile"
 
 "$bin/allo-workers" migrate >/dev/null
 logs="$ALLO_DATA/logs"; mkdir -p "$logs"
-"$bin/allo-workers" >"$logs/workers.log" 2>&1 & children+=($!)
-"$bin/allo-api" >"$logs/api.log" 2>&1 & children+=($!)
-"$bin/allo-fanout" >"$logs/fanout.log" 2>&1 & children+=($!)
+# Each service connects as its own NATS user (nats.conf), allowed only its subjects.
+env $(nats_env workers) "$bin/allo-workers" >"$logs/workers.log" 2>&1 & children+=($!)
+env $(nats_env api) "$bin/allo-api" >"$logs/api.log" 2>&1 & children+=($!)
+env $(nats_env fanout) "$bin/allo-fanout" >"$logs/fanout.log" 2>&1 & children+=($!)
 
-for addr in "$ALLO_API_ADDR" "$ALLO_FANOUT_ADDR"; do
+# Readiness is on the operators' listeners, not the client-facing ports.
+for addr in "$ALLO_API_ADMIN_ADDR" "$ALLO_FANOUT_ADMIN_ADDR"; do
   for i in $(seq 1 150); do
     curl -fsS "http://$addr/readyz" >/dev/null 2>&1 && break
     [ "$i" = 150 ] && { log "http://$addr/readyz never became ready; see $logs"; exit 1; }
@@ -55,6 +59,8 @@ cat <<INFO
 Allo is up.
   API:      http://$ALLO_API_ADDR   (POST /api/chat/<operation>, GET /api/conversations, ...)
   Sockets:  http://$ALLO_FANOUT_ADDR (Socket.IO v4; handshake auth: {token})
+  Metrics:  http://$ALLO_API_ADMIN_ADDR/metrics, http://$ALLO_FANOUT_ADMIN_ADDR/metrics (operators only)
+  NATS:     users and passwords of nats.conf in $ALLO_DATA/nats-secrets.env
   Logs:     $logs
 Dev tokens (24 h):
   alice: $("$bin/allo-api" token alice)

@@ -38,9 +38,32 @@ remember_pid() {
   echo "$1 $2" >>"$STARTED_PIDS_FILE"
 }
 
+# NATS users of nats.conf and their passwords: generated once into .data/nats-secrets.env (mode
+# 600) and exported, so the server we start and the services we start agree. A NATS that
+# answers without auth ignores them.
+NATS_ROLES="api workers fanout subscriber admin"
+load_nats_secrets() {
+  local file="$ALLO_DATA/nats-secrets.env" role var
+  mkdir -p "$ALLO_DATA"
+  if [ ! -f "$file" ]; then
+    (umask 077; for role in $NATS_ROLES; do
+      var="ALLO_NATS_$(echo "$role" | tr a-z A-Z)_PASSWORD"
+      echo "$var=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    done >"$file")
+  fi
+  set -a; source "$file"; set +a
+}
+
+# The NATS user and password a service binary connects with: `nats_env api`.
+nats_env() {
+  local var="ALLO_NATS_$(echo "$1" | tr a-z A-Z)_PASSWORD"
+  echo "ALLO_NATS_USER=allo-$1" "ALLO_NATS_PASSWORD=${!var}"
+}
+
 ensure_nats() {
   local url=$1 host port
   host=$(url_host "$url"); port=$(url_port "$url" 4222)
+  load_nats_secrets
   if reachable "$host" "$port"; then log "NATS answers at $host:$port"; return 0; fi
   command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || apt_install nats-server
   local bin; bin=$(command -v nats-server || echo /usr/sbin/nats-server)

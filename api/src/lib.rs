@@ -96,18 +96,28 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         ])
 }
 
+/// Metrics and readiness, for operators only (bound to `api_admin_addr`).
+pub fn admin_router(state: AppState) -> Router {
+    routes::admin_router().with_state(state)
+}
+
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = settings.api_addr;
+    let settings_admin_addr = settings.api_admin_addr;
     allo_common::telemetry::metrics();
     let state = AppState::connect(settings).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(%addr, "allo-api listening");
+    let admin = tokio::net::TcpListener::bind(settings_admin_addr)
+        .await
+        .with_context(|| format!("binding {settings_admin_addr}"))?;
+    tokio::spawn(axum::serve(admin, admin_router(state.clone())).into_future());
+    tracing::info!(%addr, admin = %settings_admin_addr, "allo-api listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -14,7 +14,9 @@ import { connect, createInbox, StorageType, RetentionPolicy } from "nats";
 
 const [cmd, url, base, secondsArg = "3", windowArg = "2000"] = process.argv.slice(2);
 if (!cmd || !url || !base) { console.error("usage: nats-tools.mjs ceiling|cleanup <url> <stream-base>"); process.exit(2); }
-const nc = await connect({ servers: url.split(",") });
+// As nats.conf's operator user when the bench's NATS requires one (scripts/services.sh exports it).
+const auth = process.env.ALLO_NATS_ADMIN_PASSWORD ? { user: "allo-admin", pass: process.env.ALLO_NATS_ADMIN_PASSWORD } : {};
+const nc = await connect({ servers: url.split(","), ...auth });
 const jsm = await nc.jetstreamManager();
 
 if (cmd === "cleanup") {

@@ -30,6 +30,10 @@ pub struct Settings {
     pub environment: Environment,
     pub database_url: String,
     pub nats_url: String,
+    /// This service's NATS user and password: the shipped nats.conf gives each service its own,
+    /// allowed only its subjects. Empty: connect without credentials. Never logged.
+    pub nats_user: String,
+    pub nats_password: String,
     /// HS256 secret for bearer tokens and socket handshakes (at least 32 bytes). Empty: the
     /// built-in dev secret in dev mode, an error otherwise (unless `auth.public_key_file`
     /// verifies tokens instead). Never logged.
@@ -37,6 +41,10 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub api_addr: SocketAddr,
     pub fanout_addr: SocketAddr,
+    /// Operators' listeners of the API and the fan-out: `/metrics` and `/readyz` are served
+    /// here, never on the client-facing ports. Loopback by default.
+    pub api_admin_addr: SocketAddr,
+    pub fanout_admin_addr: SocketAddr,
     /// Namespaces subjects, streams and consumers so deployments (and test runs) can share NATS.
     pub subject_prefix: String,
     /// Apply migrations when `allo-workers` starts (they are also `allo-workers migrate`).
@@ -169,10 +177,14 @@ impl Default for Settings {
             environment: Environment::Production,
             database_url: "postgres://postgres@127.0.0.1:5432/allo".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_user: String::new(),
+            nats_password: String::new(),
             jwt_secret: String::new(),
             auth: AuthSettings::default(),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
             fanout_addr: SocketAddr::from(([127, 0, 0, 1], 5001)),
+            api_admin_addr: SocketAddr::from(([127, 0, 0, 1], 5100)),
+            fanout_admin_addr: SocketAddr::from(([127, 0, 0, 1], 5101)),
             subject_prefix: "allo".into(),
             migrate_on_start: true,
             database_max_connections: 10,
@@ -290,13 +302,15 @@ impl Settings {
         let addrs = [
             Some(self.api_addr),
             Some(self.fanout_addr),
+            Some(self.api_admin_addr),
+            Some(self.fanout_admin_addr),
             self.worker.metrics_addr,
         ];
         if self.environment == Environment::Dev
             && addrs.iter().flatten().any(|a| !a.ip().is_loopback())
         {
             return Err(ConfigError::Invalid(
-                "dev mode listens on loopback only (api_addr, fanout_addr, worker.metrics_addr); \
+                "dev mode listens on loopback only (api_addr, fanout_addr, the admin addresses, worker.metrics_addr); \
                  set ALLO_ENVIRONMENT=production to serve others"
                     .into(),
             ));
@@ -342,10 +356,14 @@ impl std::fmt::Debug for Settings {
             .field("environment", &self.environment)
             .field("database_url", &redact_url(&self.database_url))
             .field("nats_url", &redact_url(&self.nats_url))
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &"<redacted>")
             .field("jwt_secret", &"<redacted>")
             .field("auth", &self.auth)
             .field("api_addr", &self.api_addr)
             .field("fanout_addr", &self.fanout_addr)
+            .field("api_admin_addr", &self.api_admin_addr)
+            .field("fanout_admin_addr", &self.fanout_admin_addr)
             .field("subject_prefix", &self.subject_prefix)
             .field("jetstream", &self.jetstream)
             .field("limits", &self.limits)
@@ -425,10 +443,12 @@ mod tests {
         let settings = Settings {
             database_url: "postgres://allo:hunter2@db/allo".into(),
             jwt_secret: SECRET.into(),
+            nats_password: "nats-pass-word".into(),
             ..Settings::default()
         };
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains(SECRET));
+        assert!(!shown.contains("nats-pass-word"));
     }
 }

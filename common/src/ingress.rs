@@ -45,19 +45,29 @@ pub async fn publish(
     // The client buffers publishes while disconnected and sends them on reconnect, after the
     // request was answered 503: refuse up front instead, so a 503 means "not stored".
     if js.client().connection_state() != async_nats::connection::State::Connected {
-        return Err("command not accepted: NATS is not connected".into());
+        return Err(unavailable("command publish", "NATS is not connected"));
     }
     let subject = subjects.command(envelope.command.operation(), envelope.command_id);
-    let payload = serde_json::to_vec(envelope).map_err(|e| e.to_string())?;
+    let payload = serde_json::to_vec(envelope).map_err(|e| unavailable("command encoding", e))?;
     let message = PublishMessage::build()
         .message_id(envelope.command_id.to_string())
         .payload(payload.into());
     js.send_publish(subject, message)
         .await
-        .map_err(|e| format!("command not accepted: {e}"))?
+        .map_err(|e| unavailable("command not accepted", e))?
         .await
-        .map_err(|e| format!("command not accepted: {e}"))?;
+        .map_err(|e| unavailable("command not accepted", e))?;
     Ok(())
+}
+
+/// What a client reads when its command could not be taken (nothing was stored). The broker's
+/// own error names internals (servers, subjects, streams), so it goes to the log, not to them.
+pub const UNAVAILABLE: &str = "the command could not be taken now (the message broker is unavailable or busy); \
+     nothing was accepted, retry shortly";
+
+fn unavailable(stage: &'static str, error: impl std::fmt::Display) -> String {
+    tracing::warn!(stage, %error, "command not accepted");
+    UNAVAILABLE.to_string()
 }
 
 /// Whether a user may submit one more command now.
@@ -147,7 +157,7 @@ pub async fn admit(
         let ack = js
             .publish(subjects.rate(user, window), bytes::Bytes::new())
             .await
-            .map_err(|e| format!("rate check: {e}"))?
+            .map_err(|e| unavailable("rate check", e))?
             .await;
         match ack {
             Ok(_) => {
@@ -166,12 +176,12 @@ pub async fn admit(
                 let config = crate::jetstream::rate_stream_config(settings, subjects);
                 js.create_stream(config)
                     .await
-                    .map_err(|e| format!("rate stream: {e}"))?;
+                    .map_err(|e| unavailable("rate stream", e))?;
             }
-            Err(e) => return Err(format!("rate check: {e}")),
+            Err(e) => return Err(unavailable("rate check", e)),
         }
     }
-    Err("rate check: the rate stream is unavailable".into())
+    Err(unavailable("rate check", "the rate stream is unavailable"))
 }
 
 fn is_per_subject_limit(e: &jetstream::context::PublishError) -> bool {
@@ -246,7 +256,7 @@ pub async fn claim_idempotency_key(
         let ack = js
             .publish(subject.clone(), fingerprint.to_string().into())
             .await
-            .map_err(|e| format!("idempotency key: {e}"))?
+            .map_err(|e| unavailable("idempotency key", e))?
             .await;
         match ack {
             Ok(_) => return Ok(KeyClaim::Proceed),
@@ -254,11 +264,11 @@ pub async fn claim_idempotency_key(
                 let stream = js
                     .get_stream(idempotency_stream(subjects))
                     .await
-                    .map_err(|e| format!("idempotency key: {e}"))?;
+                    .map_err(|e| unavailable("idempotency key", e))?;
                 let first = stream
                     .get_last_raw_message_by_subject(&subject)
                     .await
-                    .map_err(|e| format!("idempotency key: {e}"))?;
+                    .map_err(|e| unavailable("idempotency key", e))?;
                 return Ok(if first.payload.as_ref() == fingerprint.as_bytes() {
                     KeyClaim::Proceed
                 } else {
@@ -271,12 +281,12 @@ pub async fn claim_idempotency_key(
             {
                 js.get_or_create_stream(idempotency_stream_config(settings, subjects))
                     .await
-                    .map_err(|e| format!("idempotency stream: {e}"))?;
+                    .map_err(|e| unavailable("idempotency stream", e))?;
             }
-            Err(e) => return Err(format!("idempotency key: {e}")),
+            Err(e) => return Err(unavailable("idempotency key", e)),
         }
     }
-    Err("idempotency key: the stream is unavailable".into())
+    Err(unavailable("idempotency key", "the stream is unavailable"))
 }
 
 /// `{commandId, status: "accepted", ...assigned ids}`.

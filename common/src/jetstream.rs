@@ -163,12 +163,29 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> Result<(
     Ok(())
 }
 
-/// Connects to NATS with a name that shows in `nats-server` monitoring.
+/// `_INBOX_<user>`: the reply subjects of one NATS user (see nats.conf).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
+/// Connects to NATS with a name that shows in `nats-server` monitoring, as this service's
+/// NATS user when one is configured.
 pub async fn connect(
     settings: &Settings,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+    let options = if settings.nats_user.is_empty() {
+        async_nats::ConnectOptions::new()
+    } else {
+        // Each service's replies come to its own inbox prefix, which nats.conf lets only that
+        // user subscribe to: nobody else can read a worker's pulled commands off `_INBOX.>`.
+        async_nats::ConnectOptions::with_user_and_password(
+            settings.nats_user.clone(),
+            settings.nats_password.clone(),
+        )
+        .custom_inbox_prefix(inbox_prefix(&settings.nats_user))
+    };
+    options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))

@@ -42,6 +42,7 @@ pub async fn serve(
         .context("connecting to NATS")?;
     allo_common::jetstream::provision(&async_nats::jetstream::new(nats.clone()), &settings).await?;
     let socket_buffer = settings.fanout.socket_buffer;
+    let admin_addr = settings.fanout_admin_addr;
     let fanout = Arc::new(Fanout::new(settings, keys, db, nats));
     let (layer, io) = SocketIo::builder()
         // A socket that cannot take this many queued packets is disconnected, not buffered
@@ -52,22 +53,27 @@ pub async fn serve(
     io.ns("/", socket::on_connect.with(socket::authenticate));
     fanout.spawn_user_relay(io.clone()).await?;
     fanout.spawn_moderator_relay(io.clone()).await?;
-    let app = Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+    // Operators' listener: readiness and metrics name internals clients need not read.
+    let admin = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("binding {admin_addr}"))?;
+    let admin_app = Router::new()
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
             get(|| async { allo_common::telemetry::metrics().render() }),
         )
+        .with_state(fanout.clone());
+    tokio::spawn(axum::serve(admin, admin_app).into_future());
+    let app = Router::new()
+        .route("/healthz", get(healthz))
         .with_state(fanout)
         .layer(layer);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(%addr, "allo-fanout listening");
+    tracing::info!(%addr, admin = %admin_addr, "allo-fanout listening");
     // Close every socket first (clients see a server disconnect and reconnect elsewhere);
     // upgraded websockets are not part of axum's graceful shutdown.
     let closing = async move {
@@ -89,6 +95,10 @@ pub async fn serve(
 }
 
 use socketioxide::handler::ConnectHandler;
+
+async fn healthz() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
 
 async fn readyz(State(fanout): State<Arc<Fanout>>) -> (StatusCode, axum::Json<Value>) {
     let (nats, postgres) = fanout.readiness().await;

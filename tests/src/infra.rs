@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::free_port;
+use crate::{NatsUsers, free_port};
 
 async fn wait_port(port: u16, up: bool) {
     for _ in 0..200 {
@@ -27,14 +27,27 @@ pub struct OwnNats {
     pub port: u16,
     store: tempdir::Dir,
     child: Option<Child>,
+    /// Started from the repository's nats.conf with these users, or open when `None`.
+    users: Option<NatsUsers>,
 }
 
 impl OwnNats {
     pub async fn start() -> OwnNats {
+        Self::start_as(None).await
+    }
+
+    /// A server started from the shipped `nats.conf` (auth and per-service permissions), with
+    /// `users`' passwords.
+    pub async fn start_shipped(users: &NatsUsers) -> OwnNats {
+        Self::start_as(Some(users.clone())).await
+    }
+
+    async fn start_as(users: Option<NatsUsers>) -> OwnNats {
         let mut nats = OwnNats {
             port: free_port(),
             store: tempdir::Dir::new("nats"),
             child: None,
+            users,
         };
         nats.resume().await;
         nats
@@ -47,16 +60,18 @@ impl OwnNats {
     /// Starts the server again on the same port and store.
     pub async fn resume(&mut self) {
         let bin = which("nats-server").unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"));
-        let child = Command::new(bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store.0)
+        let mut command = Command::new(bin);
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        match &self.users {
+            // nats.conf's store_dir is relative: run in our store folder.
+            Some(users) => command
+                .arg("-c")
+                .arg(crate::workspace_root().join("nats.conf"))
+                .current_dir(&self.store.0)
+                .envs(users.server_env()),
+            None => command.arg("-js").arg("-sd").arg(&self.store.0),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

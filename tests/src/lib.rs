@@ -8,6 +8,7 @@
 //! `nats://127.0.0.1:4222`); `scripts/test.sh` starts both when they do not answer.
 
 pub mod infra;
+pub mod nats_users;
 pub mod privacy;
 mod socket;
 
@@ -24,6 +25,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
+pub use nats_users::NatsUsers;
 pub use privacy::Look;
 pub use socket::SocketClient;
 pub use std::time::Duration as StdDuration;
@@ -115,6 +117,11 @@ pub struct StackOptions {
     pub nats_url: Option<String>,
     /// Use this Postgres (admin URL) instead of the shared one.
     pub admin_database_url: Option<String>,
+    /// NATS users the processes (and the harness, as `allo-admin`) connect as; by default the
+    /// passwords scripts/test.sh exported.
+    pub nats_users: Option<NatsUsers>,
+    /// This subject prefix instead of a random one (only on a NATS of the test's own).
+    pub subject_prefix: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -127,6 +134,8 @@ impl Default for StackOptions {
             env: Vec::new(),
             nats_url: None,
             admin_database_url: None,
+            nats_users: None,
+            subject_prefix: None,
         }
     }
 }
@@ -184,6 +193,9 @@ pub struct Stack {
     pub settings: Settings,
     pub api_url: String,
     pub fanout_url: String,
+    /// The operators' listeners (`/metrics`, `/readyz`) of the API and the first fan-out.
+    pub api_admin_url: String,
+    pub fanout_admin_url: String,
     pub db: PgPool,
     pub nats: async_nats::Client,
     pub http: reqwest::Client,
@@ -196,6 +208,9 @@ pub struct Stack {
     next_worker: usize,
     /// Each worker process's own metrics port, so a test can tell what each one did.
     worker_metrics: HashMap<String, u16>,
+    /// Public URL of each API and fan-out replica -> its admin listener's URL.
+    admin_urls: HashMap<String, String>,
+    nats_users: NatsUsers,
 }
 
 /// A port that is free now, picked at random below Linux's ephemeral range (32768+): a port
@@ -219,7 +234,10 @@ impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
         let bins = binaries();
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let prefix = format!("t{}", &id[..12]);
+        let prefix = options
+            .subject_prefix
+            .clone()
+            .unwrap_or_else(|| format!("t{}", &id[..12]));
         let db_name = format!("allo_test_{}", &id[..16]);
         let admin_url = options
             .admin_database_url
@@ -240,6 +258,8 @@ impl Stack {
             jwt_secret: format!("test-secret-{id}-0123456789abcdef0123"),
             api_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
             fanout_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+            api_admin_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+            fanout_admin_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
             subject_prefix: prefix.clone(),
             ..Settings::default()
         };
@@ -247,7 +267,14 @@ impl Stack {
             .await
             .expect("test database");
         allo_common::db::migrate(&db).await.expect("migrations");
-        let nats = async_nats::connect(&settings.nats_url).await.expect("NATS");
+        let nats_users = options
+            .nats_users
+            .clone()
+            .unwrap_or_else(NatsUsers::from_env);
+        let nats = nats_users
+            .connect(&settings.nats_url, "admin")
+            .await
+            .expect("NATS");
         let log_dir = workspace_root().join("target/e2e-logs").join(&prefix);
         std::fs::create_dir_all(&log_dir).expect("log dir");
 
@@ -260,6 +287,14 @@ impl Stack {
             ("ALLO_JWT_SECRET".into(), settings.jwt_secret.clone()),
             ("ALLO_API_ADDR".into(), settings.api_addr.to_string()),
             ("ALLO_FANOUT_ADDR".into(), settings.fanout_addr.to_string()),
+            (
+                "ALLO_API_ADMIN_ADDR".into(),
+                settings.api_admin_addr.to_string(),
+            ),
+            (
+                "ALLO_FANOUT_ADMIN_ADDR".into(),
+                settings.fanout_admin_addr.to_string(),
+            ),
             ("ALLO_SUBJECT_PREFIX".into(), prefix.clone()),
             ("ALLO_MIGRATE_ON_START".into(), "false".into()),
             ("ALLO_DATABASE_MAX_CONNECTIONS".into(), "8".into()),
@@ -277,6 +312,19 @@ impl Stack {
         let mut stack = Stack {
             api_url: format!("http://{}", settings.api_addr),
             fanout_url: format!("http://{}", settings.fanout_addr),
+            api_admin_url: format!("http://{}", settings.api_admin_addr),
+            fanout_admin_url: format!("http://{}", settings.fanout_admin_addr),
+            nats_users,
+            admin_urls: HashMap::from([
+                (
+                    format!("http://{}", settings.api_addr),
+                    format!("http://{}", settings.api_admin_addr),
+                ),
+                (
+                    format!("http://{}", settings.fanout_addr),
+                    format!("http://{}", settings.fanout_admin_addr),
+                ),
+            ]),
             keys: TokenKeys::from_secret(&settings.jwt_secret),
             settings,
             db,
@@ -318,9 +366,11 @@ impl Stack {
     ) {
         let log =
             std::fs::File::create(self.log_dir.join(format!("{name}.log"))).expect("log file");
+        let bin_name = bin.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let child = Command::new(bin)
             .args(args)
             .envs(self.env.iter().cloned())
+            .envs(self.nats_users.service_env(bin_name))
             .envs(extra.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -474,11 +524,19 @@ impl Stack {
         }
     }
 
+    /// The admin listener's URL of the API or fan-out replica serving clients at `public`.
+    pub fn admin_url(&self, public: &str) -> String {
+        self.admin_urls
+            .get(public)
+            .cloned()
+            .unwrap_or_else(|| panic!("no admin listener known for {public}"))
+    }
+
     /// The sum of `metric` (series with all `labels`) in the fan-out at `url`.
     pub async fn fanout_counter(&self, url: &str, metric: &str, labels: &[&str]) -> f64 {
         let text = self
             .http
-            .get(format!("{url}/metrics"))
+            .get(format!("{}/metrics", self.admin_url(url)))
             .send()
             .await
             .expect("fan-out metrics")
@@ -493,14 +551,20 @@ impl Stack {
         let name = format!("fanout-{}", self.next_worker);
         self.next_worker += 1;
         let addr = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
         let bin = binaries().join("allo-fanout");
         self.spawn_with_env(
             &name,
             &bin,
             &[],
-            &[("ALLO_FANOUT_ADDR".into(), addr.clone())],
+            &[
+                ("ALLO_FANOUT_ADDR".into(), addr.clone()),
+                ("ALLO_FANOUT_ADMIN_ADDR".into(), admin.clone()),
+            ],
         );
         let url = format!("http://{addr}");
+        self.admin_urls
+            .insert(url.clone(), format!("http://{admin}"));
         self.wait_ready(&url).await;
         (name, url)
     }
@@ -543,7 +607,9 @@ impl Stack {
         matches!(exited, Ok(Ok(s)) if s.success())
     }
 
-    async fn wait_ready(&self, base: &str) {
+    /// Waits for the replica serving clients at `public` to be ready (asked on its admin port).
+    async fn wait_ready(&self, public: &str) {
+        let base = self.admin_url(public);
         for _ in 0..300 {
             // Ready, and ours: another test's server could hold the port if ours failed to bind.
             if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
@@ -618,6 +684,12 @@ impl Stack {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
+        reply(request.send().await.expect("GET")).await
+    }
+
+    /// GET on the API's admin listener (`/readyz`, `/metrics`).
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let request = self.http.get(format!("{}{path}", self.api_admin_url));
         reply(request.send().await.expect("GET")).await
     }
 

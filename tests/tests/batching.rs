@@ -269,6 +269,7 @@ async fn past_the_backlog_bound_ingress_answers_503_and_stores_nothing() {
         503,
     );
     assert_eq!(refused.body["code"], "unavailable", "{:?}", refused.body);
+    assert_eq!(refused.body["detail"], allo_common::ingress::UNAVAILABLE);
     assert!(
         refused.headers.get("retry-after").is_some(),
         "503 without Retry-After"

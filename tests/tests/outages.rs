@@ -23,7 +23,7 @@ async fn commands_accepted_while_postgres_is_down_are_applied_when_it_returns() 
     let conv = stack.create_conversation("alice", "group", &["bob"]).await;
     postgres.stop().await;
 
-    let ready = stack.get(None, "/readyz").await;
+    let ready = stack.admin_get("/readyz").await;
     assert_eq!(
         (ready.status, ready.body["postgres"].as_bool()),
         (503, Some(false))
@@ -97,7 +97,7 @@ async fn a_postgres_outage_longer_than_ack_wait_uses_up_no_deliveries() {
     let conv = stack.create_conversation("alice", "group", &["bob"]).await;
     postgres.stop().await;
 
-    let ready = stack.get(None, "/readyz").await;
+    let ready = stack.admin_get("/readyz").await;
     assert_eq!(
         (ready.status, ready.body["postgres"].as_bool()),
         (503, Some(false))
@@ -247,8 +247,10 @@ async fn with_nats_down_the_api_refuses_and_then_recovers() {
         .await;
     let reply = allo_e2e::assert_problem(reply, 503);
     assert_eq!(reply.body["code"], "unavailable");
+    // A fixed sentence: the client library's error (server addresses, subjects) is logged only.
+    assert_eq!(reply.body["detail"], allo_common::ingress::UNAVAILABLE);
     assert!(reply.headers.contains_key("retry-after"));
-    assert_eq!(stack.get(None, "/readyz").await.status, 503);
+    assert_eq!(stack.admin_get("/readyz").await.status, 503);
 
     nats.resume().await;
     // Bounded: a recovery slower than this is a failure, not a pass after many retries.

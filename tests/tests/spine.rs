@@ -1080,7 +1080,7 @@ async fn metrics_count_what_happened() {
         let http = stack.http.clone();
         async move { http.get(url).send().await.unwrap().text().await.unwrap() }
     };
-    let api = text(format!("{}/metrics", stack.api_url)).await;
+    let api = text(format!("{}/metrics", stack.api_admin_url)).await;
     assert!(
         api.contains("allo_commands_accepted_total{operation=\"sendMessage\"} 1"),
         "{api}"
@@ -1092,7 +1092,7 @@ async fn metrics_count_what_happened() {
         ),
         "{worker}"
     );
-    let fanout = text(format!("{}/metrics", stack.fanout_url)).await;
+    let fanout = text(format!("{}/metrics", stack.fanout_admin_url)).await;
     assert!(fanout.contains("allo_events_delivered_total 1"), "{fanout}");
     assert!(fanout.contains("allo_sockets_connected 1"), "{fanout}");
 }

@@ -83,7 +83,10 @@ pub async fn handler(
                 .nats
                 .subscribe(state.subjects.command_outcome(command_id))
                 .await
-                .map_err(|e| ApiError::Unavailable(format!("NATS: {e}")))?,
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "subscribing to a command's outcome");
+                    ApiError::Unavailable(ingress::UNAVAILABLE.into())
+                })?,
         ),
         None => None,
     };

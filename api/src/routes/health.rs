@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers) and `/readyz` (NATS and Postgres are reachable).
+//! `/healthz` (the process answers; also on the public port) and, on the admin listener only,
+//! `/readyz` (NATS and Postgres are reachable) and `/metrics`.
 
 use async_nats::connection::State as NatsState;
 use axum::Json;

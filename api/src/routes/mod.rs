@@ -46,6 +46,13 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/scheduled", get(scheduled_list::handler))
         .route("/api/moderation/reports", get(report_list::handler))
+        .route("/healthz", get(health::healthz))
+}
+
+/// The operators' listener (`api_admin_addr`): metrics and readiness, which name internals
+/// (subject prefix, dependency state) that clients have no business reading.
+pub fn admin_router() -> Router<AppState> {
+    Router::new()
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
