@@ -8,8 +8,9 @@ use tokio::process::{Child, Command};
 
 use crate::{NatsUsers, free_port};
 
+/// Up to 30 s: a server starting on a loaded 2-core machine can take a while.
 async fn wait_port(port: u16, up: bool) {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
