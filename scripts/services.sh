@@ -48,7 +48,8 @@ load_nats_secrets() {
   if [ ! -f "$file" ]; then
     (umask 077; for role in $NATS_ROLES; do
       var="ALLO_NATS_$(echo "$role" | tr a-z A-Z)_PASSWORD"
-      echo "$var=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+      # nats-server parses the value as a config value: a leading letter keeps it a string.
+      echo "$var=pw$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     done >"$file")
   fi
   set -a; source "$file"; set +a

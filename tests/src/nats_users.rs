@@ -25,12 +25,13 @@ impl NatsUsers {
         )
     }
 
-    /// Fresh random passwords for every role (a test's own server).
+    /// Fresh random passwords for every role (a test's own server). nats-server parses the
+    /// value as a config value: the leading letters keep it a string, never a number.
     pub fn generated() -> Self {
         Self(
             ROLES
                 .iter()
-                .map(|role| (role.to_string(), uuid::Uuid::new_v4().simple().to_string()))
+                .map(|role| (role.to_string(), format!("pw{}", uuid::Uuid::new_v4().simple())))
                 .collect(),
         )
     }
