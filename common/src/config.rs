@@ -130,6 +130,13 @@ pub struct Limits {
     /// sockets together); past it: 429 with `Retry-After`.
     pub rate_max_per_window: i64,
     pub rate_window_secs: u64,
+    /// Totals a user could otherwise grow one accepted command at a time (past them: 422
+    /// `limit_reached`): active members of a group or channel, ...
+    pub conversation_members_max: i64,
+    /// ... pending scheduled messages per user, ...
+    pub scheduled_per_user_max: i64,
+    /// ... and distinct reactions of one user on one message.
+    pub reactions_per_user_per_message_max: i64,
 }
 
 /// Fan-out tuning.
@@ -221,6 +228,9 @@ impl Default for Settings {
                 reports_hide_threshold: 3,
                 rate_max_per_window: 120,
                 rate_window_secs: 10,
+                conversation_members_max: 10_000,
+                scheduled_per_user_max: 1000,
+                reactions_per_user_per_message_max: 20,
             },
             worker: WorkerSettings {
                 batch_size: 64,

@@ -19,6 +19,9 @@ pub enum ErrorCode {
     Invalid,
     /// The command failed on every delivery and was set aside.
     DeadLettered,
+    /// A total the configuration bounds (members, pending scheduled messages, reactions) is
+    /// reached.
+    LimitReached,
 }
 
 impl ErrorCode {
@@ -30,6 +33,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::Invalid => "invalid",
             Self::DeadLettered => "dead_lettered",
+            Self::LimitReached => "limit_reached",
         }
     }
 
@@ -43,7 +47,7 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::NotParticipant | Self::Forbidden => 403,
             Self::Conflict => 409,
-            Self::Invalid => 422,
+            Self::Invalid | Self::LimitReached => 422,
             Self::DeadLettered => 500,
         }
     }

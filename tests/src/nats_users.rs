@@ -31,7 +31,12 @@ impl NatsUsers {
         Self(
             ROLES
                 .iter()
-                .map(|role| (role.to_string(), format!("pw{}", uuid::Uuid::new_v4().simple())))
+                .map(|role| {
+                    (
+                        role.to_string(),
+                        format!("pw{}", uuid::Uuid::new_v4().simple()),
+                    )
+                })
                 .collect(),
         )
     }

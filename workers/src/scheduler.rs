@@ -34,6 +34,17 @@ pub async fn schedule(
     require_participant(unit, c.conversation_id, &author).await?;
     // A time in the past means now (as in the original): due when ingress accepted it.
     let due_at = c.scheduled_time.max(unit.envelope.at);
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM scheduled_messages WHERE author_id = $1 AND status = 'pending'",
+    )
+    .bind(author.as_str())
+    .fetch_one(&mut *unit.tx)
+    .await?;
+    crate::messages::within_total(
+        pending,
+        unit.limits.scheduled_per_user_max,
+        "your pending scheduled messages",
+    )?;
     sqlx::query(
         "INSERT INTO scheduled_messages (id, conversation_id, author_id, body, requested_at, due_at, status, command_id)
          VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",

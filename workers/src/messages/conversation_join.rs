@@ -61,6 +61,12 @@ pub async fn apply(
             .into());
         }
     }
+    let members = super::member_count(unit, c.conversation_id).await?;
+    super::within_total(
+        members,
+        unit.limits.conversation_members_max,
+        "members of a conversation",
+    )?;
     sqlx::query(
         "INSERT INTO participants (conversation_id, user_id, role, joined_at) VALUES ($1, $2, 'member', $3)
          ON CONFLICT (conversation_id, user_id) DO UPDATE SET left_at = NULL, removed_by = NULL, joined_at = $3, role = 'member'",

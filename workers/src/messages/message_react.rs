@@ -32,6 +32,18 @@ pub async fn apply(
             .rows_affected()
             == 1;
     if !removed {
+        let mine: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM reactions WHERE message_id = $1 AND user_id = $2",
+        )
+        .bind(id)
+        .bind(user.as_str())
+        .fetch_one(&mut *unit.tx)
+        .await?;
+        super::within_total(
+            mine,
+            unit.limits.reactions_per_user_per_message_max,
+            "your distinct reactions on one message",
+        )?;
         sqlx::query("INSERT INTO reactions (message_id, user_id, emoji) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(user.as_str())

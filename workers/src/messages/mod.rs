@@ -70,6 +70,31 @@ pub(crate) fn refuse_with(code: ErrorCode, message: impl Into<String>) -> ApplyE
     refuse(code, message)
 }
 
+/// Refuses with 422 `limit_reached` when a total already stands at its bound: `count` is what
+/// exists now, before the command adds one more.
+pub(crate) fn within_total(count: i64, max: i64, what: &str) -> Result<(), ApplyError> {
+    if count >= max {
+        return Err(refuse(
+            ErrorCode::LimitReached,
+            format!("{what}: at most {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Active members of a conversation (locked with it by the caller's earlier statements).
+pub(crate) async fn member_count(
+    unit: &mut Unit<'_>,
+    conversation: allo_common::ids::ConversationId,
+) -> Result<i64, ApplyError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM participants WHERE conversation_id = $1 AND left_at IS NULL",
+    )
+    .bind(conversation)
+    .fetch_one(&mut *unit.tx)
+    .await?)
+}
+
 /// A participant's role in a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {

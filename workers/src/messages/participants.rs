@@ -99,11 +99,18 @@ pub async fn add(
     }
     let actor = unit.envelope.actor.clone();
     let (mut added, mut already) = (Vec::new(), Vec::new());
+    let members = super::member_count(unit, c.conversation_id).await?;
     for user in &c.participants {
         if role_of(unit, c.conversation_id, user).await?.is_some() {
             already.push(user.clone());
             continue;
         }
+        // All or nothing: the refusal rolls back the ones added before it.
+        super::within_total(
+            members + added.len() as i64,
+            unit.limits.conversation_members_max,
+            "members of a conversation",
+        )?;
         sqlx::query(
             "INSERT INTO participants (conversation_id, user_id, role, joined_at) VALUES ($1, $2, 'member', $3)
              ON CONFLICT (conversation_id, user_id)
