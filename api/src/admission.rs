@@ -1,10 +1,11 @@
 //! What one API replica takes on at once: a global cap on requests in flight (past it, 503
-//! `overloaded` at once instead of queueing), a timeout on every request, and a per-user cap on
-//! held `Prefer: wait` requests. Health and metrics routes are exempt so probes see the truth.
+//! `overloaded` at once instead of queueing), a timeout on every request, a per-user cap on
+//! held `Prefer: wait` requests, and a per-user read budget. Health routes are exempt so probes
+//! see the truth.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use allo_common::ids::UserId;
 use axum::extract::{Request, State};
@@ -20,7 +21,19 @@ pub struct Admission {
     timeout: Duration,
     waits: Mutex<HashMap<UserId, usize>>,
     waits_per_user: usize,
+    reads: Mutex<HashMap<UserId, Bucket>>,
+    reads_per_sec: f64,
+    reads_burst: f64,
 }
+
+/// A token bucket: `tokens` as of `at`.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Users' read buckets kept before full ones are forgotten (a full bucket is the same as none).
+const READ_BUCKETS_KEPT: usize = 10_000;
 
 impl Admission {
     pub fn new(limits: &allo_common::config::Limits) -> Self {
@@ -29,6 +42,34 @@ impl Admission {
             timeout: Duration::from_secs(limits.request_timeout_secs),
             waits: Mutex::default(),
             waits_per_user: limits.waits_per_user,
+            reads: Mutex::default(),
+            reads_per_sec: f64::from(limits.reads_per_user_per_sec),
+            reads_burst: f64::from(limits.reads_burst),
+        }
+    }
+
+    /// Spends one of `user`'s read tokens; `Err(seconds)` until the next one when none is left.
+    pub fn take_read(&self, user: &UserId) -> Result<(), u64> {
+        let now = Instant::now();
+        let Ok(mut reads) = self.reads.lock() else {
+            return Ok(());
+        };
+        if reads.len() >= READ_BUCKETS_KEPT {
+            let (rate, burst) = (self.reads_per_sec, self.reads_burst);
+            reads.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        }
+        let bucket = reads.entry(user.clone()).or_insert(Bucket {
+            tokens: self.reads_burst,
+            at: now,
+        });
+        let refill = now.duration_since(bucket.at).as_secs_f64() * self.reads_per_sec;
+        bucket.tokens = (bucket.tokens + refill).min(self.reads_burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - bucket.tokens) / self.reads_per_sec).ceil().max(1.0) as u64)
         }
     }
 

@@ -1,8 +1,10 @@
 //! The bearer-token extractor: a handler that takes [`Authenticated`] cannot run for an
-//! unauthenticated request.
+//! unauthenticated request. Reads (GET) also spend the caller's read budget here, the first
+//! point where the user is known.
 
 use allo_common::auth::Caller;
 use axum::extract::FromRequestParts;
+use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
@@ -22,10 +24,19 @@ impl FromRequestParts<AppState> for Authenticated {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        state
+        let caller = state
             .keys
             .verify_header(header)
-            .map(Authenticated)
-            .map_err(ApiError::Unauthorized)
+            .map_err(ApiError::Unauthorized)?;
+        if parts.method == Method::GET {
+            state
+                .admission
+                .take_read(&caller.user)
+                .map_err(|retry_after_secs| {
+                    metrics::counter!("allo_reads_limited_total").increment(1);
+                    ApiError::RateLimited { retry_after_secs }
+                })?;
+        }
+        Ok(Authenticated(caller))
     }
 }

@@ -31,7 +31,8 @@ pub enum ApiError {
     /// The `Idempotency-Key` was first sent with another body.
     #[error("idempotency key reused")]
     IdempotencyKeyReused,
-    /// The user's command budget for this window is spent (across all replicas).
+    /// The user's command budget for this window is spent (across all replicas), or their
+    /// read budget on this replica.
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
     /// NATS or Postgres cannot take the request now; nothing was accepted.
@@ -161,7 +162,7 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "Too many requests",
-                format!("too many commands; retry in {retry_after_secs} s"),
+                format!("too many requests; retry in {retry_after_secs} s"),
                 None,
             ),
             Self::Unavailable(m) => (

@@ -137,6 +137,10 @@ pub struct Limits {
     pub scheduled_per_user_max: i64,
     /// ... and distinct reactions of one user on one message.
     pub reactions_per_user_per_message_max: i64,
+    /// Reads (GET routes) one user may make per second on one API replica, with bursts of
+    /// `reads_burst`; past it: 429 with `Retry-After`. Commands have their own budget.
+    pub reads_per_user_per_sec: u32,
+    pub reads_burst: u32,
 }
 
 /// Fan-out tuning.
@@ -231,6 +235,8 @@ impl Default for Settings {
                 conversation_members_max: 10_000,
                 scheduled_per_user_max: 1000,
                 reactions_per_user_per_message_max: 20,
+                reads_per_user_per_sec: 50,
+                reads_burst: 200,
             },
             worker: WorkerSettings {
                 batch_size: 64,
@@ -292,10 +298,14 @@ impl Settings {
             ));
         }
         let limits = &self.limits;
-        if limits.api_max_in_flight == 0 || limits.request_timeout_secs <= limits.wait_max_secs {
+        if limits.api_max_in_flight == 0
+            || limits.request_timeout_secs <= limits.wait_max_secs
+            || limits.reads_per_user_per_sec == 0
+            || limits.reads_burst == 0
+        {
             return Err(ConfigError::Invalid(
-                "limits.api_max_in_flight must be positive and limits.request_timeout_secs \
-                 longer than limits.wait_max_secs"
+                "limits.api_max_in_flight, reads_per_user_per_sec and reads_burst must be \
+                 positive and limits.request_timeout_secs longer than limits.wait_max_secs"
                     .into(),
             ));
         }

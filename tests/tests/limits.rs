@@ -136,3 +136,40 @@ async fn totals_are_bounded_and_a_refusal_changes_nothing() {
     want.sort();
     assert_eq!(mine, want);
 }
+
+/// Reads have a budget per user (per API replica): past it 429 problem+json with
+/// `Retry-After`, other users unaffected, and the budget refills with time.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_past_a_users_budget_are_refused_until_it_refills() {
+    let stack = Stack::start(StackOptions {
+        fanout: false,
+        env: vec![
+            ("ALLO_LIMITS__READS_PER_USER_PER_SEC".into(), "1".into()),
+            ("ALLO_LIMITS__READS_BURST".into(), "3".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let alice = stack.token("alice");
+    for _ in 0..3 {
+        let reply = stack.get(Some(&alice), "/api/conversations").await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    let refused =
+        allo_e2e::assert_problem(stack.get(Some(&alice), "/api/conversations").await, 429);
+    assert_eq!(refused.body["code"], "rate_limited");
+    let retry_after: u64 = refused.headers["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    // Another user's budget is their own.
+    let bob = stack
+        .get(Some(&stack.token("bob")), "/api/conversations")
+        .await;
+    assert_eq!(bob.status, 200);
+    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    let again = stack.get(Some(&alice), "/api/conversations").await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+}
