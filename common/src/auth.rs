@@ -55,10 +55,20 @@ pub enum AuthError {
     Key(String),
 }
 
+mod jwks;
+
+/// Where the key that checks a signature comes from.
+#[derive(Clone)]
+enum Verifier {
+    Key(DecodingKey),
+    /// A JWKS file's keys, by the token's `kid`.
+    Set(std::sync::Arc<jwks::KeySet>),
+}
+
 /// Verifies (and, with a shared secret, mints) tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenKeys {
-    decoding: DecodingKey,
+    verifier: Verifier,
     /// Only with a shared secret: a public key cannot sign.
     encoding: Option<EncodingKey>,
     validation: Validation,
@@ -69,7 +79,7 @@ impl TokenKeys {
     /// HS256 with `secret`, default checks (tests and dev tools).
     pub fn from_secret(secret: &str) -> Self {
         Self {
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            verifier: Verifier::Key(DecodingKey::from_secret(secret.as_bytes())),
             encoding: Some(EncodingKey::from_secret(secret.as_bytes())),
             validation: validation(Algorithm::HS256, 5),
             max_lifetime_secs: 24 * 3600,
@@ -83,27 +93,34 @@ impl TokenKeys {
             .validate_auth()
             .map_err(|e| AuthError::Key(e.to_string()))?;
         let auth = &settings.auth;
-        let pem = || -> Result<Vec<u8>, AuthError> {
-            let path = auth.public_key_file.as_deref().ok_or_else(|| {
-                AuthError::Key("auth.public_key_file is required for rs256 and eddsa".into())
-            })?;
-            std::fs::read(path).map_err(|e| AuthError::Key(format!("{path}: {e}")))
-        };
         let bad_key = |e: jsonwebtoken::errors::Error| AuthError::Key(e.to_string());
-        let (algorithm, decoding, encoding) = match auth.algorithm {
+        // rs256 / eddsa: a PEM public key, or a JWKS file (validate_auth wants exactly one).
+        let public = |algorithm: Algorithm,
+                      from_pem: fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>|
+         -> Result<Verifier, AuthError> {
+            if let Some(path) = auth.jwks_file.as_deref() {
+                return Ok(Verifier::Set(std::sync::Arc::new(jwks::KeySet::load(
+                    path, algorithm,
+                )?)));
+            }
+            let path = auth.public_key_file.as_deref().unwrap_or_default();
+            let pem = std::fs::read(path).map_err(|e| AuthError::Key(format!("{path}: {e}")))?;
+            Ok(Verifier::Key(from_pem(&pem).map_err(bad_key)?))
+        };
+        let (algorithm, verifier, encoding) = match auth.algorithm {
             JwtAlgorithm::Hs256 => (
                 Algorithm::HS256,
-                DecodingKey::from_secret(settings.jwt_secret.as_bytes()),
+                Verifier::Key(DecodingKey::from_secret(settings.jwt_secret.as_bytes())),
                 Some(EncodingKey::from_secret(settings.jwt_secret.as_bytes())),
             ),
             JwtAlgorithm::Rs256 => (
                 Algorithm::RS256,
-                DecodingKey::from_rsa_pem(&pem()?).map_err(bad_key)?,
+                public(Algorithm::RS256, DecodingKey::from_rsa_pem)?,
                 None,
             ),
             JwtAlgorithm::Eddsa => (
                 Algorithm::EdDSA,
-                DecodingKey::from_ed_pem(&pem()?).map_err(bad_key)?,
+                public(Algorithm::EdDSA, DecodingKey::from_ed_pem)?,
                 None,
             ),
         };
@@ -122,7 +139,7 @@ impl TokenKeys {
         }
         validation.set_required_spec_claims(&required);
         Ok(Self {
-            decoding,
+            verifier,
             encoding,
             validation,
             max_lifetime_secs: i64::try_from(auth.max_lifetime_secs).unwrap_or(i64::MAX),
@@ -131,11 +148,23 @@ impl TokenKeys {
 
     /// Checks signature, algorithm, `exp`, `sub`, and `iss`/`aud`/lifetime where configured.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
+        let set_key;
+        let decoding = match &self.verifier {
+            Verifier::Key(key) => key,
+            Verifier::Set(set) => {
+                let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+                set_key = set
+                    .key_for(header.kid.as_deref())
+                    .ok_or(AuthError::Invalid)?;
+                &set_key
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, decoding, &self.validation).map_err(
+            |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
-            })?;
+            },
+        )?;
         let leeway = i64::try_from(self.validation.leeway).unwrap_or(0);
         if data.claims.exp - Utc::now().timestamp() > self.max_lifetime_secs + leeway {
             return Err(AuthError::TooLong);
@@ -300,6 +329,43 @@ mod tests {
         );
         assert_eq!(keys.verify(&hs), Err(AuthError::Invalid));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_jwks_file_verifies_by_kid_and_cannot_mint() {
+        use base64::Engine;
+        let path = std::env::temp_dir().join(format!("allo-jwks-{}.json", uuid::Uuid::new_v4()));
+        // The JWK of ED25519_PUBLIC: its last 32 DER bytes, base64url.
+        let der = base64::engine::general_purpose::STANDARD
+            .decode("MCowBQYDK2VwAyEA8ADIkSvziVmKx/6drrKjuw1TQfaroW2y+z/N+nARax4=")
+            .unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
+        let jwks =
+            serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1"}]});
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        let settings = settings_with(|s| {
+            s.auth.algorithm = JwtAlgorithm::Eddsa;
+            s.auth.jwks_file = Some(path.display().to_string());
+        });
+        let keys = TokenKeys::from_settings(&settings).unwrap();
+        assert_eq!(
+            keys.mint(&alice(), &[], Duration::minutes(5)),
+            Err(AuthError::CannotMint)
+        );
+        let exp = (Utc::now() + Duration::minutes(5)).timestamp();
+        let sign = |kid: &str| {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some(kid.into());
+            jsonwebtoken::encode(
+                &header,
+                &serde_json::json!({"sub": "alice", "exp": exp}),
+                &EncodingKey::from_ed_pem(ED25519_PRIVATE.as_bytes()).unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(keys.verify(&sign("k1")).unwrap().user, alice());
+        assert_eq!(keys.verify(&sign("other")), Err(AuthError::Invalid));
+        let _ = std::fs::remove_file(path);
     }
 
     // An Ed25519 key pair generated for this test only (openssl genpkey -algorithm ed25519).

@@ -354,8 +354,10 @@ impl Settings {
                 "ALLO_JWT_SECRET must be set, at least 32 bytes (or use auth.algorithm rs256/eddsa \
                  with auth.public_key_file)",
             ),
-            JwtAlgorithm::Rs256 | JwtAlgorithm::Eddsa if self.auth.public_key_file.is_none() => {
-                invalid("auth.public_key_file is required for rs256 and eddsa")
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Eddsa
+                if self.auth.public_key_file.is_none() == self.auth.jwks_file.is_none() =>
+            {
+                invalid("rs256 and eddsa need one of auth.public_key_file and auth.jwks_file")
             }
             _ if self.auth.max_lifetime_secs == 0 => {
                 invalid("auth.max_lifetime_secs must be positive")

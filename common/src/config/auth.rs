@@ -11,6 +11,10 @@ pub struct AuthSettings {
     pub algorithm: JwtAlgorithm,
     /// PEM file of the identity provider's public key (RSA or Ed25519).
     pub public_key_file: Option<String>,
+    /// Or a JWKS file (`{"keys": [...]}`) of the provider's public keys, picked by the token's
+    /// `kid`; a `kid` it does not know re-reads the file (at most every 30 s), so a rotated key
+    /// is taken without a restart.
+    pub jwks_file: Option<String>,
     /// Required `iss` claim, when set.
     pub issuer: Option<String>,
     /// Required `aud` claim, when set.
@@ -30,6 +34,7 @@ impl Default for AuthSettings {
         Self {
             algorithm: JwtAlgorithm::Hs256,
             public_key_file: None,
+            jwks_file: None,
             issuer: None,
             audience: None,
             leeway_secs: 5,
