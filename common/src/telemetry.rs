@@ -4,8 +4,25 @@
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
+    init_writing_to(false);
+}
+
+/// For command-line tools that print results on stdout: logs go to stderr.
+pub fn init_for_tool() {
+    init_writing_to(true);
+}
+
+fn init_writing_to(stderr: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            if stderr {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            }
+        });
     let result = if std::env::var("ALLO_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {

@@ -381,6 +381,26 @@ impl Stack {
         self.children.insert(name.to_string(), child);
     }
 
+    /// Runs one of the workspace's binaries as an operator would against this stack (its env,
+    /// its NATS user), to completion; returns (exited successfully, stdout, stderr).
+    pub async fn run_tool(&self, bin: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(binaries().join(bin))
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .envs(self.nats_users.service_env(bin))
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), out)
+            .await
+            .unwrap_or_else(|_| panic!("{bin} {args:?} did not finish"))
+            .unwrap_or_else(|e| panic!("{bin}: {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts the API (again, after `terminate("api")`) and waits until it is ready.
     pub async fn start_api(&mut self) {
         self.spawn("api", &binaries().join("allo-api"), &[]);

@@ -21,6 +21,7 @@
 
 pub mod apply;
 mod batch;
+pub mod dead_letters;
 pub mod error;
 pub mod messages;
 pub mod polls;

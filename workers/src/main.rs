@@ -1,5 +1,6 @@
 //! `allo-workers`: runs worker pools (`--pool messages|scheduler|reports|polls`, repeatable;
-//! all by default) or applies migrations (`allo-workers migrate`).
+//! all by default), applies migrations (`allo-workers migrate`), or handles dead letters
+//! (`allo-workers dead-letters list|show|replay|discard`).
 
 use allo_common::Settings;
 use allo_common::ops::Pool;
@@ -20,6 +21,45 @@ struct Cli {
 enum Cmd {
     /// Apply database migrations and exit.
     Migrate,
+    /// Commands set aside after failing on every delivery (JSON on stdout).
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCmd),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCmd {
+    /// The latest dead letters, newest first (without command bodies).
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One dead letter with its command, error, deliveries and time.
+    Show { command_id: uuid::Uuid },
+    /// Send the command back through its pool once (after fixing what made it fail).
+    Replay { command_id: uuid::Uuid },
+    /// Forget it; its sender keeps reading it as rejected.
+    Discard { command_id: uuid::Uuid },
+}
+
+async fn dead_letters(settings: &Settings, cmd: DeadLetterCmd) -> anyhow::Result<()> {
+    use allo_workers::dead_letters as dl;
+    let db = allo_common::db::connect(settings)
+        .await
+        .context("connecting to Postgres")?;
+    let out = match cmd {
+        DeadLetterCmd::List { limit } => serde_json::Value::from(dl::list(&db, limit).await?),
+        DeadLetterCmd::Show { command_id } => dl::show(&db, command_id).await?,
+        DeadLetterCmd::Discard { command_id } => dl::discard(&db, command_id).await?,
+        DeadLetterCmd::Replay { command_id } => {
+            let nats = allo_common::jetstream::connect(settings, "allo-workers-dead-letters")
+                .await
+                .context("connecting to NATS")?;
+            let js = async_nats::jetstream::new(nats);
+            dl::replay(&db, &js, command_id).await?
+        }
+    };
+    println!("{out:#}");
+    Ok(())
 }
 
 fn parse_pool(raw: &str) -> Result<Pool, String> {
@@ -34,16 +74,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    allo_common::telemetry::init();
     let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::DeadLetters(_)) => allo_common::telemetry::init_for_tool(),
+        _ => allo_common::telemetry::init(),
+    }
     let settings = Settings::load()?;
-    if let Some(Cmd::Migrate) = cli.command {
-        let db = allo_common::db::connect(&settings)
-            .await
-            .context("connecting to Postgres")?;
-        allo_common::db::migrate(&db).await?;
-        println!("migrations applied");
-        return Ok(());
+    match cli.command {
+        Some(Cmd::Migrate) => {
+            let db = allo_common::db::connect(&settings)
+                .await
+                .context("connecting to Postgres")?;
+            allo_common::db::migrate(&db).await?;
+            println!("migrations applied");
+            return Ok(());
+        }
+        Some(Cmd::DeadLetters(cmd)) => return dead_letters(&settings, cmd).await,
+        None => {}
     }
     let pools = if cli.pools.is_empty() {
         Pool::ALL.to_vec()
