@@ -6,7 +6,10 @@ set -euo pipefail
 source "$(dirname "$0")/services.sh"
 cd "$ALLO_ROOT"
 
-export ALLO_TEST_NATS_URL="${ALLO_TEST_NATS_URL:-nats://127.0.0.1:4222}"
+# By default the suite runs on a NATS of its own started from the shipped nats.conf (auth and
+# per-service permissions; passwords generated into .data/nats-secrets.env and exported): every
+# service of every test connects as its own NATS user, the harness as `allo-admin`.
+export ALLO_TEST_NATS_URL="${ALLO_TEST_NATS_URL:-nats://127.0.0.1:4322}"
 export ALLO_TEST_DATABASE_URL="${ALLO_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 trap stop_started_services EXIT
 
