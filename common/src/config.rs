@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod auth;
+mod fanout_limits;
 pub use auth::{AuthSettings, JwtAlgorithm};
+pub use fanout_limits::FanoutLimits;
 
 /// The secret a dev stack signs tokens with: public, so it works only in an explicitly chosen
 /// dev mode, on loopback.
@@ -122,6 +124,8 @@ pub struct Limits {
     /// sockets together); past it: 429 with `Retry-After`.
     pub rate_max_per_window: i64,
     pub rate_window_secs: u64,
+    /// Per-client bounds of a fan-out replica (`ALLO_LIMITS__FANOUT__*`).
+    pub fanout: FanoutLimits,
 }
 
 /// Fan-out tuning.
@@ -209,6 +213,7 @@ impl Default for Settings {
                 reports_hide_threshold: 3,
                 rate_max_per_window: 120,
                 rate_window_secs: 10,
+                fanout: FanoutLimits::default(),
             },
             worker: WorkerSettings {
                 batch_size: 64,
