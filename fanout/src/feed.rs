@@ -28,7 +28,7 @@ use socketioxide::socket::Sid;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::registry::{FeedCommand, FeedContext, Feeds, JoinOutcome, JoinRequest, Registry};
+use crate::registry::{FeedCommand, FeedContext, Feeds, Registry};
 use crate::replay::{cut_off, load_events};
 
 /// Events fetched from the log per query when filling a gap.
@@ -43,17 +43,17 @@ pub(crate) struct Member {
     pub(crate) socket: SocketRef,
     pub(crate) user: UserId,
     /// Events up to this seq are not sent to this socket (it has them).
-    floor: i64,
+    pub(crate) floor: i64,
     /// The seq at which membership was checked: a departure at or before it is already known
     /// not to concern this socket (the user came back after it).
-    admitted_at: i64,
+    pub(crate) admitted_at: i64,
 }
 
 /// A delivered event, encoded once.
-struct Recent {
-    seq: i64,
-    kind: EventType,
-    payload: Arc<RawValue>,
+pub(crate) struct Recent {
+    pub(crate) seq: i64,
+    pub(crate) kind: EventType,
+    pub(crate) payload: Arc<RawValue>,
 }
 
 pub(crate) struct Feed {
@@ -62,15 +62,15 @@ pub(crate) struct Feed {
     events: async_nats::Subscriber,
     signals: async_nats::Subscriber,
     /// The conversation's last seq when this feed subscribed: it knows nothing before it.
-    started_at: i64,
-    delivered: i64,
+    pub(crate) started_at: i64,
+    pub(crate) delivered: i64,
     pending: BTreeMap<i64, EventEnvelope>,
     gap_deadline: Option<Instant>,
     tail_check: Option<Instant>,
     pub(crate) members: HashMap<Sid, Member>,
-    recent: VecDeque<Recent>,
+    pub(crate) recent: VecDeque<Recent>,
     /// Each user's latest membership change this feed delivered: (seq, member after it).
-    changes: HashMap<UserId, (i64, bool)>,
+    pub(crate) changes: HashMap<UserId, (i64, bool)>,
 }
 
 impl Feed {
@@ -326,92 +326,9 @@ impl Feed {
 
     /// The socket is no longer in this conversation: its `presence` and `typing` are refused
     /// and its slot under `joined_per_socket` is free again.
-    fn forget_socket(&self, socket: &SocketRef) {
+    pub(crate) fn forget_socket(&self, socket: &SocketRef) {
         if let Some(state) = socket.extensions.get::<crate::socket::SocketState>() {
             state.left(self.conversation);
         }
-    }
-
-    async fn on_leave(&mut self, sid: Sid) {
-        if let Some(member) = self.members.remove(&sid) {
-            self.announce_presence(&member.user).await;
-        }
-    }
-
-    async fn on_command(&mut self, command: FeedCommand) {
-        match command {
-            FeedCommand::Join(request) => {
-                let user = request.user.clone();
-                let (reply, outcome) = self.attach(request);
-                let joined = matches!(outcome, JoinOutcome::Joined { .. });
-                let _ = reply.send(outcome);
-                let sockets_of_user = self.members.values().filter(|m| m.user == user).count();
-                if joined && sockets_of_user == 1 {
-                    self.announce_presence(&user).await;
-                }
-            }
-            FeedCommand::Typing { sid, user, typing } => self.relay_typing(sid, user, typing).await,
-        }
-    }
-
-    /// Decides a join at this feed's seq and attaches the socket, catching it up from its
-    /// replay's end to the delivered seq out of the recent events.
-    fn attach(
-        &mut self,
-        request: JoinRequest,
-    ) -> (tokio::sync::oneshot::Sender<JoinOutcome>, JoinOutcome) {
-        let JoinRequest {
-            socket,
-            user,
-            checked_at,
-            has_upto,
-            history_floor,
-            reply,
-        } = request;
-        if checked_at < self.started_at {
-            return (reply, JoinOutcome::Stale);
-        }
-        if let Some((seq, false)) = self.changes.get(&user)
-            && *seq > checked_at
-        {
-            return (reply, JoinOutcome::NotMember);
-        }
-        let floor = match has_upto {
-            None => self.delivered.max(history_floor - 1),
-            Some(upto) if upto >= self.delivered => upto,
-            Some(upto) => match self.catch_up(&socket, upto) {
-                Ok(()) => self.delivered,
-                Err(outcome) => return (reply, outcome),
-            },
-        };
-        self.members.insert(
-            socket.id,
-            Member {
-                socket,
-                user,
-                floor,
-                admitted_at: checked_at,
-            },
-        );
-        (reply, JoinOutcome::Joined { last_seq: floor })
-    }
-
-    /// Sends the recent events after `upto` to a joining socket.
-    fn catch_up(&self, socket: &SocketRef, upto: i64) -> Result<(), JoinOutcome> {
-        let held_from = self.recent.front().map_or(i64::MAX, |r| r.seq);
-        if held_from > upto + 1 {
-            return Err(JoinOutcome::Behind {
-                upto: self.delivered,
-            });
-        }
-        for event in self.recent.iter().filter(|r| r.seq > upto) {
-            if socket.emit(event.kind.as_str(), &event.payload).is_err() {
-                metrics::counter!("allo_slow_consumers_total").increment(1);
-                cut_off(socket.clone());
-                return Err(JoinOutcome::SlowConsumer);
-            }
-            metrics::counter!("allo_events_replayed_total").increment(1);
-        }
-        Ok(())
     }
 }
