@@ -391,9 +391,10 @@ async fn the_fanout_bounds_sockets_joins_and_presence() {
         .await;
     first.join(&convs[2]).await;
 
-    // Joins per user per window (4; alice used them above): the fifth is refused with a hint.
+    // Joins per user per window (4; alice used them above): the fifth is refused with a hint,
+    // even a rejoin of a conversation the socket holds (no other bound applies to it).
     let ack = first
-        .emit("joinConversation", json!({"conversationID": convs[0]}))
+        .emit("joinConversation", json!({"conversationID": convs[1]}))
         .await;
     assert_eq!(
         (&ack["joined"], &ack["code"]),
