@@ -171,13 +171,14 @@ impl Feed {
         if event.seq <= self.delivered {
             return; // already delivered (a republish, or before this feed started)
         }
-        let past_bound = self.pending.len() >= self.ctx.limits.feed_pending_max;
-        if past_bound && event.seq > self.pending.keys().next_back().copied().unwrap_or(0) {
-            // Bounded memory while the gap cannot be filled (Postgres down): a later event is
-            // not held; the log serves it after the gap (a later gap fill or the tail check).
+        let past_bound = self.pending.len() >= self.ctx.limits.feed_pending_max.max(1);
+        let fresh = self.pending.insert(event.seq, event).is_none();
+        if fresh && past_bound {
+            // Bounded memory while the gap cannot be filled (Postgres down): the latest held
+            // event is let go; the log serves it after the gap (a later gap fill or the tail
+            // check), so sockets still get every seq in order.
+            self.pending.pop_last();
             metrics::counter!("allo_feed_pending_dropped_total").increment(1);
-        } else {
-            self.pending.insert(event.seq, event);
         }
         self.drain();
         if !self.pending.is_empty() && self.gap_deadline.is_none() {
