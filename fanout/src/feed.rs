@@ -67,6 +67,9 @@ pub(crate) struct Feed {
     pending: BTreeMap<i64, EventEnvelope>,
     gap_deadline: Option<Instant>,
     tail_check: Option<Instant>,
+    /// A join sent back for another round (`Stale`, `Behind`) keeps a memberless feed alive
+    /// until then, so its next round finds this feed, not a new one that starts later still.
+    pub(crate) linger: Option<Instant>,
     pub(crate) members: HashMap<Sid, Member>,
     pub(crate) recent: VecDeque<Recent>,
     /// Each user's latest membership change this feed delivered: (seq, member after it).
@@ -122,6 +125,7 @@ impl Feed {
             pending: BTreeMap::new(),
             gap_deadline: None,
             tail_check: None,
+            linger: None,
             members: HashMap::new(),
             recent: VecDeque::with_capacity(RECENT),
             changes: HashMap::new(),
@@ -138,10 +142,11 @@ impl Feed {
         metrics::gauge!("allo_feeds_active").increment(1.0);
         let far = || Instant::now() + Duration::from_secs(3600);
         loop {
-            let deadline = match (self.gap_deadline, self.tail_check) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => a.or(b).unwrap_or_else(far),
-            };
+            let deadline = [self.gap_deadline, self.tail_check, self.linger]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or_else(far);
             tokio::select! {
                 // Leaves first: a socket that left must stop receiving before anything else.
                 biased;
@@ -160,7 +165,14 @@ impl Feed {
                 _ = tokio::time::sleep_until(deadline) => self.on_timer().await,
             }
             // Unsubscribe on last leave, unless a join is already queued for us.
-            if self.members.is_empty() && registry.retire(self.conversation, id, &queue) {
+            if self.linger.is_some_and(|l| l <= Instant::now()) {
+                self.linger = None;
+            }
+            let lingering = self.linger.is_some();
+            if self.members.is_empty()
+                && !lingering
+                && registry.retire(self.conversation, id, &queue)
+            {
                 break;
             }
         }

@@ -9,6 +9,9 @@ use crate::feed::{Feed, Member};
 use crate::registry::{FeedCommand, JoinOutcome, JoinRequest};
 use crate::replay::cut_off;
 
+/// How long a memberless feed waits for the next round of a join it sent back.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Feed {
     pub(crate) async fn on_leave(&mut self, sid: Sid) {
         if let Some(member) = self.members.remove(&sid) {
@@ -22,6 +25,9 @@ impl Feed {
                 let user = request.user.clone();
                 let (reply, outcome) = self.attach(request);
                 let joined = matches!(outcome, JoinOutcome::Joined { .. });
+                if matches!(outcome, JoinOutcome::Stale | JoinOutcome::Behind { .. }) {
+                    self.linger = Some(tokio::time::Instant::now() + LINGER);
+                }
                 let _ = reply.send(outcome);
                 let sockets_of_user = self.members.values().filter(|m| m.user == user).count();
                 if joined && sockets_of_user == 1 {
