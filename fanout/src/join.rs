@@ -70,9 +70,12 @@ pub async fn join_conversation(
             if let Some(secs) = refusal.retry_after {
                 body["retryAfter"] = json!(secs);
             }
-            let mut event = body.clone();
-            event["event"] = json!("joinConversation");
-            let _ = socket.emit("error", &event);
+            // A slow consumer's buffer has no room to spare: its ack is all it gets.
+            if refusal.code != "slow_consumer" {
+                let mut event = body.clone();
+                event["event"] = json!("joinConversation");
+                let _ = socket.emit("error", &event);
+            }
             body["joined"] = json!(false);
             let _ = ack.send(&body);
         }
