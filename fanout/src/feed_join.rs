@@ -7,7 +7,6 @@ use socketioxide::socket::Sid;
 
 use crate::feed::{Feed, Member};
 use crate::registry::{FeedCommand, JoinOutcome, JoinRequest};
-use crate::replay::cut_off;
 
 /// How long a memberless feed waits for the next round of a join it sent back.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -90,8 +89,6 @@ impl Feed {
         }
         for event in self.recent.iter().filter(|r| r.seq > upto) {
             if socket.emit(event.kind.as_str(), &event.payload).is_err() {
-                metrics::counter!("allo_slow_consumers_total").increment(1);
-                cut_off(socket.clone());
                 return Err(JoinOutcome::SlowConsumer);
             }
             metrics::counter!("allo_events_replayed_total").increment(1);

@@ -12,13 +12,15 @@ use socketioxide::extract::{AckSender, Data, Extension, SocketRef, State};
 use tokio::sync::oneshot;
 
 use crate::registry::{FeedCommand, JoinOutcome, JoinRequest, Refused};
-use crate::replay::{Replayed, replay};
+use crate::replay::{Replayed, cut_off, replay};
 use crate::socket::{SocketState, parse_join};
 use crate::state::Fanout;
 
 /// Rounds of "check, replay, ask the feed" before a join gives up with `busy` (each round
 /// after the first means the conversation moved on while the socket was being caught up).
 const ATTEMPTS: usize = 4;
+/// How long a slow consumer's refusal waits for room in its send buffer.
+const SLOW_ACK_ROOM: std::time::Duration = std::time::Duration::from_millis(200);
 /// What `busy` asks the client to wait before trying again.
 const BUSY_RETRY_SECS: u64 = 1;
 
@@ -70,14 +72,22 @@ pub async fn join_conversation(
             if let Some(secs) = refusal.retry_after {
                 body["retryAfter"] = json!(secs);
             }
-            // A slow consumer's buffer has no room to spare: its ack is all it gets.
-            if refusal.code != "slow_consumer" {
+            let slow = refusal.code == "slow_consumer";
+            if slow {
+                // Its buffer was full a moment ago: give the transport time to drain so the
+                // refusal finds room (its ack is all it gets), then cut it off.
+                tokio::time::sleep(SLOW_ACK_ROOM).await;
+            } else {
                 let mut event = body.clone();
                 event["event"] = json!("joinConversation");
                 let _ = socket.emit("error", &event);
             }
             body["joined"] = json!(false);
             let _ = ack.send(&body);
+            if slow {
+                metrics::counter!("allo_slow_consumers_total").increment(1);
+                cut_off(socket);
+            }
         }
     }
 }
@@ -219,7 +229,7 @@ fn unavailable() -> JoinRefusal {
 }
 
 /// Joining now would leave a gap behind what the socket got: it is treated as the slow
-/// consumer it is (cut off); it reconnects and resumes from what it saw.
+/// consumer it is (refused, then cut off); it reconnects and resumes from what it saw.
 fn slow_consumer() -> JoinRefusal {
     refuse(
         "slow_consumer",

@@ -59,7 +59,7 @@ pub enum JoinOutcome {
     /// The feed is further than the socket's replay and no longer holds the events between:
     /// replay up to `upto` from the log and ask again.
     Behind { upto: i64 },
-    /// The catch-up did not fit the socket's send buffer (the socket was cut off).
+    /// The catch-up did not fit the socket's send buffer (the handler cuts the socket off).
     SlowConsumer,
 }
 

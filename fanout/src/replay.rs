@@ -24,7 +24,7 @@ const CUT_OFF_PATIENCE: Duration = Duration::from_secs(60);
 pub enum Replayed {
     /// Every event up to the asked seq was queued on the socket (this many).
     All(i64),
-    /// The socket's buffer filled up part-way (the socket was cut off).
+    /// The socket's buffer filled up part-way (the caller refuses the join and cuts it off).
     BufferFull,
 }
 
@@ -53,8 +53,6 @@ pub async fn replay(
                 .emit(event.kind.as_str(), &event.socket_payload())
                 .is_err()
             {
-                metrics::counter!("allo_slow_consumers_total").increment(1);
-                cut_off(socket.clone());
                 return Ok(Replayed::BufferFull);
             }
             sent += 1;
