@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod auth;
+mod fanout_limits;
 pub use auth::{AuthSettings, JwtAlgorithm};
+pub use fanout_limits::FanoutLimits;
 
 /// The secret a dev stack signs tokens with: public, so it works only in an explicitly chosen
 /// dev mode, on loopback.
@@ -141,6 +143,8 @@ pub struct Limits {
     /// `reads_burst`; past it: 429 with `Retry-After`. Commands have their own budget.
     pub reads_per_user_per_sec: u32,
     pub reads_burst: u32,
+    /// Per-client bounds of a fan-out replica (`ALLO_LIMITS__FANOUT__*`).
+    pub fanout: FanoutLimits,
 }
 
 /// Fan-out tuning.
@@ -237,6 +241,7 @@ impl Default for Settings {
                 reactions_per_user_per_message_max: 20,
                 reads_per_user_per_sec: 50,
                 reads_burst: 200,
+                fanout: FanoutLimits::default(),
             },
             worker: WorkerSettings {
                 batch_size: 64,

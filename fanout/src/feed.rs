@@ -8,139 +8,94 @@
 //! close in time from the Postgres event log (a seq that exists was committed, and so were all
 //! seqs before it, since seqs are handed out under the conversation's row lock).
 //!
-//! Joins, leaves and deliveries run in this one task, so a resuming socket's replay (events
-//! after its `lastSeq`, from the log) and the live stream meet without a gap or a duplicate.
+//! Joins are cheap here: the socket handler reads a resuming socket's replay from the log
+//! itself (`crate::join`), so no replay runs in this task and delays the room. The feed then
+//! attaches the socket at the replay's last seq, catching it up from the events it delivered
+//! recently (or sending the handler back to the log when it no longer holds them), and decides
+//! membership at its own seq: a `participantLeft`/`participantRemoved` it delivered after the
+//! handler's check refuses the join.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use allo_common::config::FanoutSettings;
 use allo_common::event::{EventEnvelope, EventType};
 use allo_common::ids::{ConversationId, UserId};
-use allo_common::subjects::Subjects;
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Events fetched from the log per query when replaying or filling a gap.
+use crate::registry::{FeedCommand, FeedContext, Feeds, Registry};
+use crate::replay::{cut_off, load_events};
+
+/// Events fetched from the log per query when filling a gap.
 const LOG_PAGE: i64 = 200;
 /// Quiet time after which the feed checks the log for a lost last event.
 const TAIL_CHECK: Duration = Duration::from_secs(1);
-/// How often a cut-off socket's disconnect packet is offered again while its buffer is full.
-const CUT_OFF_RETRY: Duration = Duration::from_millis(100);
-/// How long a cut-off socket's disconnect packet is offered. Longer than engine.io's ping
-/// interval plus ping timeout (25 s + 20 s by default): a client that stops reading for that
-/// long has had its transport closed by the heartbeat, which is its disconnect.
-const CUT_OFF_PATIENCE: Duration = Duration::from_secs(60);
+/// Delivered events kept to catch a joining socket up from its replay's end (events committed
+/// while its replay was read); further behind, the handler reads the log again.
+const RECENT: usize = 128;
 
-pub enum FeedCommand {
-    Join {
-        socket: SocketRef,
-        user: UserId,
-        last_seq: Option<i64>,
-        reply: oneshot::Sender<Value>,
-    },
-    Leave {
-        sid: Sid,
-    },
-    Typing {
-        sid: Sid,
-        user: UserId,
-        typing: bool,
-    },
-}
-
-/// What every feed of the process shares.
-pub struct FeedContext {
-    pub db: PgPool,
-    pub nats: async_nats::Client,
-    pub subjects: Subjects,
-    pub settings: FanoutSettings,
-    /// This process, in signals, so a replica can tell its own typing echo.
-    pub replica: String,
-}
-
-type Registry = Arc<Mutex<HashMap<ConversationId, mpsc::Sender<FeedCommand>>>>;
-
-/// The feeds of this process, one per conversation that a local socket joined.
-pub struct Feeds {
-    registry: Registry,
-    ctx: Arc<FeedContext>,
-}
-
-impl Feeds {
-    pub fn new(ctx: FeedContext) -> Self {
-        Self {
-            registry: Arc::default(),
-            ctx: Arc::new(ctx),
-        }
-    }
-
-    /// Sends a command to the conversation's feed, starting the feed (and its NATS
-    /// subscriptions) if this process has none yet.
-    pub async fn send(
-        &self,
-        conversation: ConversationId,
-        command: FeedCommand,
-    ) -> Result<(), String> {
-        let mut registry = self.registry.lock().await;
-        let mut command = command;
-        if let Some(tx) = registry.get(&conversation) {
-            match tx.send(command).await {
-                Ok(()) => return Ok(()),
-                // The feed just ended; start a new one.
-                Err(mpsc::error::SendError(back)) => command = back,
-            }
-        }
-        if matches!(
-            command,
-            FeedCommand::Leave { .. } | FeedCommand::Typing { .. }
-        ) {
-            return Ok(());
-        }
-        let feed = Feed::start(self.ctx.clone(), conversation).await?;
-        let (tx, rx) = mpsc::channel(256);
-        tx.send(command)
-            .await
-            .map_err(|_| "feed did not start".to_string())?;
-        registry.insert(conversation, tx);
-        tokio::spawn(feed.run(rx, self.registry.clone()));
-        Ok(())
-    }
-
-    /// Tells every feed a socket is gone.
-    pub async fn forget(&self, sid: Sid, conversations: &[ConversationId]) {
-        for conversation in conversations {
-            let _ = self.send(*conversation, FeedCommand::Leave { sid }).await;
-        }
-    }
-}
-
-struct Member {
-    socket: SocketRef,
-    user: UserId,
+pub(crate) struct Member {
+    pub(crate) socket: SocketRef,
+    pub(crate) user: UserId,
     /// Events up to this seq are not sent to this socket (it has them).
-    floor: i64,
+    pub(crate) floor: i64,
+    /// The seq at which membership was checked: a departure at or before it is already known
+    /// not to concern this socket (the user came back after it).
+    pub(crate) admitted_at: i64,
 }
 
-struct Feed {
-    ctx: Arc<FeedContext>,
-    conversation: ConversationId,
+/// A delivered event, encoded once.
+pub(crate) struct Recent {
+    pub(crate) seq: i64,
+    pub(crate) kind: EventType,
+    pub(crate) payload: Arc<RawValue>,
+}
+
+pub(crate) struct Feed {
+    pub(crate) ctx: Arc<FeedContext>,
+    pub(crate) conversation: ConversationId,
     events: async_nats::Subscriber,
     signals: async_nats::Subscriber,
-    delivered: i64,
+    /// The conversation's last seq when this feed subscribed: it knows nothing before it.
+    pub(crate) started_at: i64,
+    pub(crate) delivered: i64,
     pending: BTreeMap<i64, EventEnvelope>,
     gap_deadline: Option<Instant>,
     tail_check: Option<Instant>,
-    members: HashMap<Sid, Member>,
+    /// A join sent back for another round (`Stale`, `Behind`) keeps a memberless feed alive
+    /// until then, so its next round finds this feed, not a new one that starts later still.
+    pub(crate) linger: Option<Instant>,
+    pub(crate) members: HashMap<Sid, Member>,
+    pub(crate) recent: VecDeque<Recent>,
+    /// Each user's latest membership change this feed delivered: (seq, member after it).
+    pub(crate) changes: HashMap<UserId, (i64, bool)>,
 }
 
 impl Feed {
+    /// Starts the feed and runs it; if it cannot start, the joins queued for it are answered
+    /// (their handlers see the reply dropped and refuse with `unavailable`).
+    pub(crate) async fn launch(
+        ctx: Arc<FeedContext>,
+        conversation: ConversationId,
+        id: u64,
+        queue: mpsc::Receiver<FeedCommand>,
+        leaves: mpsc::UnboundedReceiver<Sid>,
+        registry: Registry,
+    ) {
+        match Feed::start(ctx, conversation).await {
+            Ok(feed) => feed.run(id, queue, leaves, registry).await,
+            Err(e) => {
+                tracing::warn!(error = %e, %conversation, "feed did not start");
+                Feeds::unregister(&registry, conversation, id);
+            }
+        }
+    }
+
     /// Subscribes first, then reads where the conversation stands: every event after that
     /// point arrives on the subscription, and those at or before it are dropped as known.
     async fn start(ctx: Arc<FeedContext>, conversation: ConversationId) -> Result<Feed, String> {
@@ -165,55 +120,79 @@ impl Feed {
             conversation,
             events,
             signals,
+            started_at: delivered,
             delivered,
             pending: BTreeMap::new(),
             gap_deadline: None,
             tail_check: None,
+            linger: None,
             members: HashMap::new(),
+            recent: VecDeque::with_capacity(RECENT),
+            changes: HashMap::new(),
         })
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<FeedCommand>, registry: Registry) {
+    async fn run(
+        mut self,
+        id: u64,
+        mut queue: mpsc::Receiver<FeedCommand>,
+        mut leaves: mpsc::UnboundedReceiver<Sid>,
+        registry: Registry,
+    ) {
         metrics::gauge!("allo_feeds_active").increment(1.0);
         let far = || Instant::now() + Duration::from_secs(3600);
         loop {
-            let deadline = match (self.gap_deadline, self.tail_check) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => a.or(b).unwrap_or_else(far),
-            };
+            let deadline = [self.gap_deadline, self.tail_check, self.linger]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or_else(far);
             tokio::select! {
+                // Leaves first: a socket that left must stop receiving before anything else.
+                biased;
+                Some(sid) = leaves.recv() => self.on_leave(sid).await,
                 Some(msg) = self.events.next() => {
                     match serde_json::from_slice::<EventEnvelope>(&msg.payload) {
-                        Ok(event) => self.on_event(event).await,
+                        Ok(event) => self.on_event(event),
                         Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "undecodable event dropped"),
                     }
                 }
                 Some(msg) = self.signals.next() => self.on_signal(msg).await,
-                command = commands.recv() => match command {
+                command = queue.recv() => match command {
                     Some(command) => self.on_command(command).await,
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => self.on_timer().await,
             }
-            if self.members.is_empty() {
-                // Unsubscribe on last leave, unless a join is already queued for us.
-                if let Ok(mut registry) = registry.try_lock()
-                    && commands.is_empty()
-                {
-                    registry.remove(&self.conversation);
-                    break;
-                }
+            // Unsubscribe on last leave, unless a join is already queued for us.
+            if self.linger.is_some_and(|l| l <= Instant::now()) {
+                self.linger = None;
+            }
+            let lingering = self.linger.is_some();
+            if self.members.is_empty()
+                && !lingering
+                && registry.retire(self.conversation, id, &queue)
+            {
+                break;
             }
         }
         metrics::gauge!("allo_feeds_active").decrement(1.0);
     }
 
-    async fn on_event(&mut self, event: EventEnvelope) {
+    fn on_event(&mut self, event: EventEnvelope) {
         if event.seq <= self.delivered {
             return; // already delivered (a republish, or before this feed started)
         }
-        self.pending.insert(event.seq, event);
-        self.drain().await;
+        let past_bound = self.pending.len() >= self.ctx.limits.feed_pending_max.max(1);
+        let fresh = self.pending.insert(event.seq, event).is_none();
+        if fresh && past_bound {
+            // Bounded memory while the gap cannot be filled (Postgres down): the latest held
+            // event is let go; the log serves it after the gap (a later gap fill or the tail
+            // check), so sockets still get every seq in order.
+            self.pending.pop_last();
+            metrics::counter!("allo_feed_pending_dropped_total").increment(1);
+        }
+        self.drain();
         if !self.pending.is_empty() && self.gap_deadline.is_none() {
             self.gap_deadline =
                 Some(Instant::now() + Duration::from_millis(self.ctx.settings.reorder_window_ms));
@@ -221,7 +200,7 @@ impl Feed {
     }
 
     /// Delivers pending events while they continue the sequence.
-    async fn drain(&mut self) {
+    fn drain(&mut self) {
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() != self.delivered + 1 {
                 break;
@@ -287,7 +266,7 @@ impl Feed {
                 break;
             }
         }
-        self.drain().await;
+        self.drain();
     }
 
     /// Sends one event to every member that does not have it yet. The payload is encoded once;
@@ -295,10 +274,10 @@ impl Feed {
     /// its `lastSeq`), so memory stays bounded.
     fn deliver(&mut self, event: &EventEnvelope) {
         self.delivered = event.seq;
-        let payload = match serde_json::value::to_raw_value(&event.socket_payload()) {
-            Ok(p) => p,
-            Err(_) => return,
+        let Ok(payload) = serde_json::value::to_raw_value(&event.socket_payload()) else {
+            return;
         };
+        let payload: Arc<RawValue> = Arc::from(payload);
         let mut gone = Vec::new();
         for (sid, member) in &self.members {
             if member.floor >= event.seq {
@@ -313,263 +292,56 @@ impl Feed {
         }
         for sid in gone {
             if let Some(member) = self.members.remove(&sid) {
+                self.forget_socket(&member.socket);
                 cut_off(member.socket);
             }
         }
-        // Who left or was removed stops receiving at once (after seeing that event).
-        if matches!(
-            event.kind,
-            EventType::ParticipantLeft | EventType::ParticipantRemoved
-        ) && let Some(user) = event.data["userID"].as_str()
-        {
-            self.members.retain(|_, m| m.user.as_str() != user);
+        self.track_membership(event);
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
         }
+        self.recent.push_back(Recent {
+            seq: event.seq,
+            kind: event.kind,
+            payload,
+        });
     }
 
-    async fn on_command(&mut self, command: FeedCommand) {
-        match command {
-            FeedCommand::Join {
-                socket,
-                user,
-                last_seq,
-                reply,
-            } => {
-                let ack = self.join(socket, user, last_seq).await;
-                let _ = reply.send(ack);
-            }
-            FeedCommand::Leave { sid } => {
-                if let Some(member) = self.members.remove(&sid) {
-                    self.announce_presence(&member.user).await;
-                }
-            }
-            FeedCommand::Typing { sid, user, typing } => {
-                if self.members.contains_key(&sid) {
-                    let signal = json!({"userID": user, "typing": typing, "replica": self.ctx.replica, "sid": sid.to_string()});
-                    self.signal("typing", &signal).await;
-                }
-            }
-        }
-    }
-
-    async fn join(&mut self, socket: SocketRef, user: UserId, last_seq: Option<i64>) -> Value {
-        let sid = socket.id;
-        let was_online = self.members.values().any(|m| m.user == user);
-        let (recovered, replayed, floor) = match last_seq {
-            None => (true, 0, self.delivered),
-            Some(seen) if seen >= self.delivered => (true, 0, seen),
-            Some(seen) if self.delivered - seen > self.ctx.settings.replay_max => {
-                (false, 0, self.delivered)
-            }
-            Some(seen) => match self.replay(&socket, seen).await {
-                Ok(Replayed::All(n)) => (true, n, self.delivered),
-                Ok(Replayed::BufferFull) => {
-                    // Joining now would leave a gap behind what it did get: treat it as the
-                    // slow consumer it is; it reconnects and resumes from what it saw.
-                    metrics::counter!("allo_slow_consumers_total").increment(1);
-                    cut_off(socket);
-                    return json!({
-                        "joined": false,
-                        "conversationID": self.conversation,
-                        "code": "slow_consumer",
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "replay failed");
-                    (false, 0, self.delivered)
-                }
-            },
+    /// Who left or was removed stops receiving at once (after seeing that event), and the feed
+    /// remembers it to refuse a join checked before it.
+    fn track_membership(&mut self, event: &EventEnvelope) {
+        let member = match event.kind {
+            EventType::ParticipantJoined => true,
+            EventType::ParticipantLeft | EventType::ParticipantRemoved => false,
+            _ => return,
         };
-        self.members.insert(
-            sid,
-            Member {
-                socket,
-                user: user.clone(),
-                floor,
-            },
-        );
-        if !was_online {
-            self.announce_presence(&user).await;
-        }
-        json!({
-            "joined": true,
-            "conversationID": self.conversation,
-            "recovered": recovered,
-            "replayed": replayed,
-            "lastSeq": floor.max(self.delivered),
-        })
-    }
-
-    /// Sends the socket every logged event after `seen` up to the delivered seq.
-    async fn replay(&self, socket: &SocketRef, seen: i64) -> Result<Replayed, sqlx::Error> {
-        let mut cursor = seen;
-        let mut sent = 0;
-        while cursor < self.delivered {
-            let page = load_events(
-                &self.ctx.db,
-                self.conversation,
-                cursor,
-                Some(self.delivered),
-                LOG_PAGE,
-            )
-            .await?;
-            if page.is_empty() {
-                break;
-            }
-            for event in page {
-                cursor = event.seq;
-                if socket
-                    .emit(event.kind.as_str(), &event.socket_payload())
-                    .is_err()
-                {
-                    return Ok(Replayed::BufferFull);
-                }
-                sent += 1;
-                metrics::counter!("allo_events_replayed_total").increment(1);
-            }
-        }
-        Ok(Replayed::All(sent))
-    }
-
-    async fn signal(&self, kind: &str, body: &Value) {
-        let subject = self.ctx.subjects.signal(self.conversation, kind);
-        let _ = self
-            .ctx
-            .nats
-            .publish(subject, body.to_string().into())
-            .await;
-    }
-
-    /// Tells every replica whether `user` is online here (has a socket in this feed).
-    async fn announce_presence(&self, user: &UserId) {
-        let online = self.members.values().any(|m| &m.user == user);
-        self.signal(
-            "presence",
-            &json!({"userID": user, "online": online, "replica": self.ctx.replica}),
-        )
-        .await;
-    }
-
-    async fn on_signal(&mut self, msg: async_nats::Message) {
-        let kind = msg
-            .subject
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let Ok(body) = serde_json::from_slice::<Value>(&msg.payload) else {
+        let Some(user) = event.data["userID"].as_str() else {
             return;
         };
-        let conversation = self.conversation.to_string();
-        match kind.as_str() {
-            "typing" => {
-                let origin = (body["replica"].as_str(), body["sid"].as_str());
-                let payload = json!({"conversationID": conversation, "userID": body["userID"], "typing": body["typing"]});
-                for (sid, member) in &self.members {
-                    let own = origin
-                        == (
-                            Some(self.ctx.replica.as_str()),
-                            Some(sid.to_string().as_str()),
-                        );
-                    if !own {
-                        let _ = member.socket.emit("typing", &payload);
-                    }
+        let Ok(user) = UserId::parse(user) else {
+            return;
+        };
+        if !member {
+            let departed: Vec<Sid> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.user == user && event.seq > m.admitted_at)
+                .map(|(sid, _)| *sid)
+                .collect();
+            for sid in departed {
+                if let Some(m) = self.members.remove(&sid) {
+                    self.forget_socket(&m.socket);
                 }
-            }
-            "presence" => {
-                let user = body["userID"].as_str().unwrap_or_default().to_string();
-                let online_here = self.members.values().any(|m| m.user.as_str() == user);
-                if body["online"] == false
-                    && online_here
-                    && body["replica"] != self.ctx.replica.as_str()
-                {
-                    // Offline on that replica, still online here: say so.
-                    if let Ok(user) = UserId::parse(&user) {
-                        self.announce_presence(&user).await;
-                    }
-                    return;
-                }
-                let payload = json!({"conversationID": conversation, "userID": user, "online": body["online"]});
-                for member in self.members.values() {
-                    let _ = member.socket.emit("presence", &payload);
-                }
-            }
-            "who" => {
-                if let Some(reply) = msg.reply {
-                    let mut users: Vec<&str> =
-                        self.members.values().map(|m| m.user.as_str()).collect();
-                    users.sort_unstable();
-                    users.dedup();
-                    let _ = self
-                        .ctx
-                        .nats
-                        .publish(reply, json!(users).to_string().into())
-                        .await;
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// How a replay ended.
-enum Replayed {
-    /// Every missed event was queued on the socket (this many).
-    All(i64),
-    /// The socket's buffer filled up part-way.
-    BufferFull,
-}
-
-/// Disconnects a socket whose send buffer is full, without waiting for it.
-///
-/// socketioxide's `disconnect()` queues a disconnect packet and refuses (`InternalChannelFull`)
-/// while the buffer is full, and 0.18 offers no public way to close the engine.io transport
-/// instead. So the socket leaves every room at once (nothing more is queued for it: the feed
-/// already dropped it) and a task offers the packet again until the client has read enough to
-/// make room; the client then sees `io server disconnect` after the events already buffered. A
-/// client that stops reading altogether fails engine.io's heartbeat (no room for the ping, or
-/// no pong), which closes its session: it sees the transport close when it reads again.
-fn cut_off(socket: SocketRef) {
-    socket.leave_all();
-    if socket.clone().disconnect().is_ok() {
-        return;
-    }
-    tokio::spawn(async move {
-        let give_up = Instant::now() + CUT_OFF_PATIENCE;
-        let mut retry = tokio::time::interval(CUT_OFF_RETRY);
-        loop {
-            retry.tick().await;
-            if !socket.connected() || socket.clone().disconnect().is_ok() {
-                return;
-            }
-            if Instant::now() >= give_up {
-                tracing::warn!(sid = %socket.id, "slow socket never made room for its disconnect; left to the heartbeat");
-                return;
             }
         }
-    });
-}
+        self.changes.insert(user, (event.seq, member));
+    }
 
-async fn load_events(
-    db: &PgPool,
-    conversation: ConversationId,
-    after: i64,
-    upto: Option<i64>,
-    limit: i64,
-) -> Result<Vec<EventEnvelope>, sqlx::Error> {
-    // As every read serves them: erased content scrubbed, a hidden message's redacted.
-    let rows: Vec<Value> = sqlx::query_scalar(
-        "SELECT event_json(e) FROM events e
-         WHERE conversation_id = $1 AND seq > $2 AND ($3::bigint IS NULL OR seq <= $3)
-         ORDER BY seq LIMIT $4",
-    )
-    .bind(conversation)
-    .bind(after)
-    .bind(upto)
-    .bind(limit)
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| serde_json::from_value(row).ok())
-        .collect())
+    /// The socket is no longer in this conversation: its `presence` and `typing` are refused
+    /// and its slot under `joined_per_socket` is free again.
+    pub(crate) fn forget_socket(&self, socket: &SocketRef) {
+        if let Some(state) = socket.extensions.get::<crate::socket::SocketState>() {
+            state.left(self.conversation);
+        }
+    }
 }

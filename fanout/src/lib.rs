@@ -3,11 +3,26 @@
 //! subjects, and emits what arrives to its local rooms. Replicas need no shared adapter.
 //!
 //! # Layout
-//! - [`state`]: the shared state and the per-conversation NATS subscriptions.
-//! - [`socket`]: the handshake (token check) and the client events.
+//! - [`state`]: the shared state (config, Postgres, NATS, the per-user bounds).
+//! - [`socket`]: the handshake (token check, sockets per user) and the client events;
+//!   [`socket_state`]: what a socket holds.
+//! - [`join`]: `joinConversation` (bounds, membership check, replay, attach).
+//! - [`registry`]: the process's feeds, reached without waiting on any of them.
+//! - [`feed`]: one conversation's feed (ordering, gap fill, delivery, membership at its seq);
+//!   [`feed_join`]: its joins and leaves; [`feed_signal`]: its typing/presence signals.
+//! - [`replay`]: reading the event log for a resuming socket; cutting off a slow socket.
+//! - [`limits`]: sockets per user and per-user request windows.
+//! - [`token`]: token expiry and refresh.
 
 pub mod feed;
+pub mod feed_join;
+pub mod feed_signal;
+pub mod join;
+pub mod limits;
+pub mod registry;
+pub mod replay;
 pub mod socket;
+pub mod socket_state;
 pub mod state;
 pub mod token;
 

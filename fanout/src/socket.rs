@@ -9,7 +9,7 @@
 //!   the ack carries the `commandId` (or the problem).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allo_common::auth::Caller;
@@ -22,9 +22,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Data, Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
-use tokio::sync::oneshot;
 
-use crate::feed::FeedCommand;
+use crate::limits::SocketSlot;
+use crate::registry::FeedCommand;
+pub use crate::socket_state::SocketState;
 use crate::state::{Fanout, MODERATORS_ROOM, user_room};
 
 #[derive(Debug, Deserialize)]
@@ -32,17 +33,13 @@ pub struct HandshakeAuth {
     token: String,
 }
 
+/// Why a handshake was refused (the client's `connect_error` message).
 #[derive(Debug, thiserror::Error)]
-#[error("unauthorized: {0}")]
-pub struct Refused(String);
-
-/// Per-socket state kept in the socket's extensions.
-#[derive(Clone, Default)]
-pub struct SocketState {
-    /// Conversations this socket joined (to leave their feeds on disconnect).
-    joined: Arc<Mutex<HashSet<ConversationId>>>,
-    /// When this socket last signalled `typing` (rate limit).
-    last_typing: Arc<Mutex<Option<Instant>>>,
+pub enum Refused {
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("too_many_sockets: at most {0} sockets per user on this server; close one and retry")]
+    TooManySockets(usize),
 }
 
 /// The original's client events that become commands (joinConversation joins the room instead).
@@ -72,11 +69,18 @@ pub async fn authenticate(
     TryData(auth): TryData<HandshakeAuth>,
     State(fanout): State<Arc<Fanout>>,
 ) -> Result<(), Refused> {
-    let auth = auth.map_err(|_| Refused("the handshake must carry auth: {token}".into()))?;
+    let auth =
+        auth.map_err(|_| Refused::Unauthorized("the handshake must carry auth: {token}".into()))?;
     let caller = fanout
         .keys
         .verify(&auth.token)
-        .map_err(|e| Refused(e.to_string()))?;
+        .map_err(|e| Refused::Unauthorized(e.to_string()))?;
+    let max = fanout.settings.limits.fanout.sockets_per_user;
+    let slot = fanout
+        .sockets
+        .take(&caller.user, max)
+        .ok_or(Refused::TooManySockets(max))?;
+    socket.extensions.insert(Arc::new(slot));
     socket.extensions.insert(caller);
     socket.extensions.insert(SocketState::default());
     Ok(())
@@ -93,7 +97,7 @@ pub async fn on_connect(
     if caller.has_role(MODERATOR_ROLE) {
         socket.join(MODERATORS_ROOM);
     }
-    socket.on("joinConversation", join_conversation);
+    socket.on("joinConversation", crate::join::join_conversation);
     socket.on("leaveConversation", leave_conversation);
     socket.on("typing", typing);
     socket.on("presence", presence);
@@ -156,7 +160,7 @@ fn problem(e: &RequestError) -> Value {
 }
 
 /// `joinConversation` takes a conversation id, or `{conversationID, lastSeq}`.
-fn parse_join(payload: &Value) -> Result<(ConversationId, Option<i64>), &'static str> {
+pub(crate) fn parse_join(payload: &Value) -> Result<(ConversationId, Option<i64>), &'static str> {
     let (raw, last_seq) = match payload {
         Value::String(s) => (s.as_str(), None),
         Value::Object(map) => {
@@ -186,74 +190,6 @@ fn conversation_of(payload: &Value) -> Option<ConversationId> {
     parse_join(payload).ok().map(|(c, _)| c)
 }
 
-async fn join_conversation(
-    socket: SocketRef,
-    Data(payload): Data<Value>,
-    ack: AckSender,
-    Extension(caller): Extension<Caller>,
-    Extension(state): Extension<SocketState>,
-    State(fanout): State<Arc<Fanout>>,
-) {
-    match admit(&socket, &payload, &caller, &state, &fanout).await {
-        Ok(reply) => {
-            let _ = ack.send(&reply);
-        }
-        Err((code, message)) => {
-            let _ = socket.emit(
-                "error",
-                &json!({"code": code, "message": message, "event": "joinConversation"}),
-            );
-            let _ = ack.send(&json!({"joined": false, "code": code, "message": message}));
-        }
-    }
-}
-
-async fn admit(
-    socket: &SocketRef,
-    payload: &Value,
-    caller: &Caller,
-    state: &SocketState,
-    fanout: &Fanout,
-) -> Result<Value, (&'static str, &'static str)> {
-    let (conversation, last_seq) = parse_join(payload).map_err(|m| ("invalid", m))?;
-    // A resume never replays what the user may not read (history before their join).
-    let last_seq = match fanout.history_floor(conversation, &caller.user).await {
-        Ok(Some(floor)) => last_seq.map(|seen| seen.max(floor - 1)),
-        Ok(None) => {
-            return Err((
-                "not_participant",
-                "you are not a participant of this conversation",
-            ));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "membership check failed");
-            return Err(("unavailable", "could not check membership; try again"));
-        }
-    };
-    let (reply, answer) = oneshot::channel();
-    let command = FeedCommand::Join {
-        socket: socket.clone(),
-        user: caller.user.clone(),
-        last_seq,
-        reply,
-    };
-    fanout
-        .feeds
-        .send(conversation, command)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "feed unavailable");
-            ("unavailable", "could not subscribe; try again")
-        })?;
-    let ack = answer
-        .await
-        .map_err(|_| ("unavailable", "could not join; try again"))?;
-    if let Ok(mut joined) = state.joined.lock() {
-        joined.insert(conversation);
-    }
-    Ok(ack)
-}
-
 async fn leave_conversation(
     socket: SocketRef,
     Data(payload): Data<Value>,
@@ -265,13 +201,10 @@ async fn leave_conversation(
         let _ = ack.send(&json!({"left": false, "code": "invalid"}));
         return;
     };
-    if let Ok(mut joined) = state.joined.lock() {
-        joined.remove(&conversation);
+    // Only a joined conversation has a feed to leave (so leaves stay bounded by joins).
+    if state.left(conversation) {
+        fanout.feeds.leave(conversation, socket.id);
     }
-    let _ = fanout
-        .feeds
-        .send(conversation, FeedCommand::Leave { sid: socket.id })
-        .await;
     let _ = ack.send(&json!({"left": true, "conversationID": conversation}));
 }
 
@@ -290,7 +223,7 @@ async fn typing(
         return;
     };
     let min_gap = Duration::from_millis(fanout.settings.fanout.typing_min_interval_ms);
-    let allowed = match state.last_typing.lock() {
+    let mut allowed = match state.last_typing.lock() {
         Ok(mut last) => {
             let now = Instant::now();
             let ok = last.is_none_or(|at| now.duration_since(at) >= min_gap);
@@ -308,7 +241,8 @@ async fn typing(
             user: caller.user.clone(),
             typing,
         };
-        let _ = fanout.feeds.send(conversation, command).await;
+        // Typing is best-effort: a feed whose queue is full drops it.
+        allowed = fanout.feeds.command(conversation, command).is_ok();
     }
     // Optional for clients; says whether the signal went out or was rate-limited.
     let _ = ack.send(&json!({"relayed": allowed}));
@@ -319,6 +253,7 @@ async fn typing(
 async fn presence(
     Data(payload): Data<Value>,
     ack: AckSender,
+    Extension(caller): Extension<Caller>,
     Extension(state): Extension<SocketState>,
     State(fanout): State<Arc<Fanout>>,
 ) {
@@ -326,13 +261,19 @@ async fn presence(
         let _ = ack.send(&json!({"code": "invalid"}));
         return;
     };
-    let joined = state
-        .joined
-        .lock()
-        .map(|j| j.contains(&conversation))
-        .unwrap_or(false);
-    if !joined {
-        let _ = ack.send(&json!({"code": "not_joined", "message": "join the conversation first"}));
+    let limits = &fanout.settings.limits.fanout;
+    if let Err(secs) = fanout.presence_rate.check(&caller.user) {
+        let message = format!(
+            "at most {} presence requests per {} s",
+            limits.presence_per_window, limits.window_secs
+        );
+        let _ = ack.send(&json!({"code": "rate_limited", "message": message, "retryAfter": secs}));
+        return;
+    }
+    // Joined = attached by the feed and not since removed by it: the feed, which sees
+    // `participantRemoved` in order, takes the conversation out of the socket's set.
+    if !state.is_joined(conversation) {
+        let _ = ack.send(&json!({"code": "not_joined", "message": "only a member who joined the conversation may ask"}));
         return;
     }
     let inbox = fanout.nats.new_inbox();
@@ -363,12 +304,11 @@ async fn on_disconnect(
 ) {
     tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
     metrics::gauge!("allo_sockets_connected").decrement(1.0);
-    let joined: Vec<ConversationId> = state
-        .joined
-        .lock()
-        .map(|j| j.iter().copied().collect())
-        .unwrap_or_default();
-    fanout.feeds.forget(socket.id, &joined).await;
+    let joined = state.all_joined();
+    fanout.feeds.forget(socket.id, &joined);
+    if let Some(slot) = socket.extensions.get::<Arc<SocketSlot>>() {
+        slot.release();
+    }
 }
 
 #[cfg(test)]

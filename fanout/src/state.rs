@@ -6,7 +6,8 @@ use allo_common::auth::TokenKeys;
 use allo_common::event::{EventEnvelope, UserNotice};
 use allo_common::ids::{ConversationId, UserId};
 
-use crate::feed::{FeedContext, Feeds};
+use crate::limits::{RateWindows, SocketCounts};
+use crate::registry::{FeedContext, Feeds};
 use allo_common::subjects::Subjects;
 use futures::StreamExt;
 use socketioxide::SocketIo;
@@ -23,6 +24,14 @@ pub struct Fanout {
     pub feeds: Feeds,
     /// Rate-budget tokens this replica leased and has not spent.
     pub rate_leases: allo_common::ingress::RateLeases,
+    /// Open sockets per user (`limits.fanout.sockets_per_user`).
+    pub sockets: SocketCounts,
+    /// `joinConversation` and `presence` requests per user (`limits.fanout`).
+    pub join_rate: RateWindows,
+    pub presence_rate: RateWindows,
+    /// Replays reading the log at once: half the database pool, so resuming sockets leave
+    /// connections for membership checks and the feeds' gap fills.
+    pub replays: tokio::sync::Semaphore,
 }
 
 /// The Socket.IO room of every moderator's sockets.
@@ -41,9 +50,17 @@ impl Fanout {
             nats: nats.clone(),
             subjects: subjects.clone(),
             settings: settings.fanout.clone(),
+            limits: settings.limits.fanout.clone(),
             replica: uuid::Uuid::new_v4().to_string(),
         });
+        let limits = &settings.limits.fanout;
         Self {
+            sockets: SocketCounts::default(),
+            join_rate: RateWindows::new(limits.joins_per_window, limits.window_secs),
+            presence_rate: RateWindows::new(limits.presence_per_window, limits.window_secs),
+            replays: tokio::sync::Semaphore::new(
+                (settings.database_max_connections as usize / 2).max(1),
+            ),
             keys,
             js: async_nats::jetstream::new(nats.clone()),
             rate_leases: Default::default(),
@@ -62,17 +79,21 @@ impl Fanout {
     }
 
     /// The first seq `user` may read in `conversation` (0, or their join's seq where history
-    /// visibility is `joined`); `None` if they are not an active participant.
-    pub async fn history_floor(
+    /// visibility is `joined`) and the conversation's last seq, in one snapshot; `None` if they
+    /// are not an active participant in it.
+    pub async fn membership(
         &self,
         conversation: ConversationId,
         user: &UserId,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar("SELECT history_floor($1, $2)")
-            .bind(conversation)
-            .bind(user.as_str())
-            .fetch_one(&self.db)
-            .await
+    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
+        let row: Option<(Option<i64>, i64)> = sqlx::query_as(
+            "SELECT history_floor(id, $2), last_seq FROM conversations WHERE id = $1",
+        )
+        .bind(conversation)
+        .bind(user.as_str())
+        .fetch_optional(&self.db)
+        .await?;
+        Ok(row.and_then(|(floor, last)| floor.map(|floor| (floor, last))))
     }
 
     /// Relays moderator notices (`messageReported`, `reportResolved`) to the local sockets whose

@@ -107,6 +107,18 @@ impl SocketClient {
         }
     }
 
+    /// Emits `event` without waiting for its ack (a client that floods the server); the ack
+    /// arrives later as a line of kind `ack` with the returned id.
+    pub async fn send(&mut self, event: &str, data: Value) -> u64 {
+        self.next_id += 1;
+        let line = json!({"id": self.next_id, "emit": event, "data": data}).to_string() + "\n";
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to client");
+        self.next_id
+    }
+
     /// Emits a command event and asserts the ack accepted it; returns the ack.
     pub async fn command(&mut self, event: &str, data: Value) -> Value {
         let ack = self.emit(event, data.clone()).await;

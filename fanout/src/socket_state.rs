@@ -1,0 +1,81 @@
+//! What a socket holds: the conversations it joined (and is joining, bounded by
+//! `limits.fanout.joined_per_socket`) and its typing rate.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use allo_common::ids::ConversationId;
+
+/// Per-socket state kept in the socket's extensions.
+#[derive(Clone, Default)]
+pub struct SocketState {
+    /// Conversations this socket joined (to leave their feeds on disconnect, to answer
+    /// `presence`), and those whose join is under way (they count against
+    /// `joined_per_socket` too). A feed takes a conversation out when the socket stops
+    /// receiving it (left, removed, cut off).
+    conversations: Arc<Mutex<Joined>>,
+    /// When this socket last signalled `typing` (rate limit).
+    pub(crate) last_typing: Arc<Mutex<Option<Instant>>>,
+}
+
+#[derive(Default)]
+struct Joined {
+    joined: HashSet<ConversationId>,
+    joining: HashSet<ConversationId>,
+}
+
+/// A join under way; its place under `joined_per_socket` is given back when it is dropped.
+pub struct Reservation {
+    state: SocketState,
+    conversation: ConversationId,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.state.with(|c| c.joining.remove(&self.conversation));
+    }
+}
+
+impl SocketState {
+    fn with<T>(&self, f: impl FnOnce(&mut Joined) -> T) -> T {
+        // Every change is one set operation, so a poisoned lock still holds consistent sets.
+        f(&mut self.conversations.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Holds a place for a join of `conversation`, unless the socket already has `max`
+    /// (a conversation it joined already needs none).
+    pub fn reserve(&self, conversation: ConversationId, max: usize) -> Option<Reservation> {
+        let admitted = self.with(|c| {
+            if c.joined.contains(&conversation) || c.joining.contains(&conversation) {
+                return true;
+            }
+            if c.joined.len() + c.joining.len() >= max {
+                return false;
+            }
+            c.joining.insert(conversation)
+        });
+        admitted.then(|| Reservation {
+            state: self.clone(),
+            conversation,
+        })
+    }
+
+    /// The feed attached the socket.
+    pub fn joined(&self, conversation: ConversationId) {
+        self.with(|c| c.joined.insert(conversation));
+    }
+
+    /// The socket no longer receives `conversation`; returns whether it had joined it.
+    pub fn left(&self, conversation: ConversationId) -> bool {
+        self.with(|c| c.joined.remove(&conversation))
+    }
+
+    pub fn is_joined(&self, conversation: ConversationId) -> bool {
+        self.with(|c| c.joined.contains(&conversation))
+    }
+
+    pub(crate) fn all_joined(&self) -> Vec<ConversationId> {
+        self.with(|c| c.joined.iter().copied().collect())
+    }
+}
