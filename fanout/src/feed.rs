@@ -19,6 +19,7 @@ use allo_common::config::FanoutSettings;
 use allo_common::event::{EventEnvelope, EventType};
 use allo_common::ids::{ConversationId, UserId};
 use allo_common::subjects::Subjects;
+use allo_common::trace;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
@@ -183,6 +184,7 @@ impl Feed {
             };
             tokio::select! {
                 Some(msg) = self.events.next() => {
+                    log_trace(&msg);
                     match serde_json::from_slice::<EventEnvelope>(&msg.payload) {
                         Ok(event) => self.on_event(event).await,
                         Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "undecodable event dropped"),
@@ -528,6 +530,17 @@ enum Replayed {
 /// make room; the client then sees `io server disconnect` after the events already buffered. A
 /// client that stops reading altogether fails engine.io's heartbeat (no room for the ping, or
 /// no pong), which closes its session: it sees the transport close when it reads again.
+/// The event's command and trace (from its NATS headers) in this replica's log, at debug level
+/// under `allo::trace`: the fan-out's part of following one command through every service.
+fn log_trace(msg: &async_nats::Message) {
+    if tracing::enabled!(target: trace::TARGET, tracing::Level::DEBUG) {
+        let (command_id, context) = trace::from_headers(msg.headers.as_ref());
+        let trace_id = context.map(|c| c.trace_id()).unwrap_or_default();
+        let command_id = command_id.unwrap_or_default();
+        tracing::debug!(target: trace::TARGET, %command_id, %trace_id, subject = %msg.subject, "event received");
+    }
+}
+
 fn cut_off(socket: SocketRef) {
     socket.leave_all();
     if socket.clone().disconnect().is_ok() {
