@@ -22,7 +22,8 @@ Usage:
   python subscriber.py run      # consume until SIGTERM / Ctrl-C
   python subscriber.py counts   # print the counts in the state file as JSON
 
-Environment: NATS_URL (nats://127.0.0.1:4222), ALLO_SUBJECT_PREFIX (allo), DURABLE
+Environment: NATS_URL (nats://127.0.0.1:4222), NATS_USER / NATS_PASSWORD / NATS_INBOX_PREFIX
+(none; with a user, the prefix defaults to _INBOX_<user>), ALLO_SUBJECT_PREFIX (allo), DURABLE
 (message-counter), STATE_FILE (message-counts.sqlite), ACK_WAIT_SECS (30), BATCH (100).
 CRASH_AT=before-commit|after-commit (tests only) exits at once after applying the first batch,
 before or after its commit and before any ack: the two crash windows the design has to survive.
@@ -126,7 +127,7 @@ async def run():
     crash_at = os.environ.get("CRASH_AT")
     db = open_state(os.environ.get("STATE_FILE", "message-counts.sqlite"))
 
-    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), **credentials())
     js = nc.jetstream()
     config = ConsumerConfig(
         durable_name=durable,
@@ -166,6 +167,16 @@ async def run():
         log(f"applied {len(msgs)} events ({changed} changed counts)")
     await nc.drain()
     db.close()
+
+
+def credentials():
+    """The read-only `allo-subscriber` user of nats.conf (or any other), with the inbox prefix
+    its permissions allow: replies to a client without it never reach it."""
+    user = os.environ.get("NATS_USER")
+    if not user:
+        return {}
+    inbox = os.environ.get("NATS_INBOX_PREFIX", f"_INBOX_{user}")
+    return {"user": user, "password": os.environ.get("NATS_PASSWORD", ""), "inbox_prefix": inbox.encode()}
 
 
 def crash_if(now, events):
