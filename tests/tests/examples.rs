@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use allo_e2e::python::examples_python;
-use allo_e2e::{Stack, StackOptions, id, workspace_root};
+use allo_e2e::{NatsUsers, Stack, StackOptions, id, workspace_root};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -27,19 +27,26 @@ struct Subscriber {
 
 impl Subscriber {
     fn new(stack: &Stack, state: &Path) -> Subscriber {
+        let mut env = vec![
+            ("NATS_URL".into(), stack.settings.nats_url.clone()),
+            (
+                "ALLO_SUBJECT_PREFIX".into(),
+                stack.settings.subject_prefix.clone(),
+            ),
+            ("DURABLE".into(), "message-counter".into()),
+            ("STATE_FILE".into(), state.display().to_string()),
+            ("ACK_WAIT_SECS".into(), ACK_WAIT_SECS.to_string()),
+        ];
+        // On a NATS run from nats.conf (scripts/test.sh starts one when none answers), as the
+        // harness's user: `allo-subscriber` may read only the default prefix's stream.
+        if let Some(password) = NatsUsers::from_env().password("admin") {
+            env.push(("NATS_USER".into(), "allo-admin".into()));
+            env.push(("NATS_PASSWORD".into(), password.to_string()));
+        }
         Subscriber {
             python: examples_python(),
             script: workspace_root().join("examples/subscriber/subscriber.py"),
-            env: vec![
-                ("NATS_URL".into(), stack.settings.nats_url.clone()),
-                (
-                    "ALLO_SUBJECT_PREFIX".into(),
-                    stack.settings.subject_prefix.clone(),
-                ),
-                ("DURABLE".into(), "message-counter".into()),
-                ("STATE_FILE".into(), state.display().to_string()),
-                ("ACK_WAIT_SECS".into(), ACK_WAIT_SECS.to_string()),
-            ],
+            env,
             log_dir: stack.log_dir().to_path_buf(),
             runs: 0,
         }
