@@ -17,6 +17,15 @@ ensure_nats "$ALLO_TEST_NATS_URL"
 ensure_postgres "$ALLO_TEST_DATABASE_URL"
 ensure_node
 (cd tests/js && npm ci --no-audit --no-fund --silent)
+# The Python examples' requirements (nats-py from PyPI) in a venv of their own; the examples
+# suite also creates it when missing.
+if ! .data/venv-examples/bin/python -c 'import nats' 2>/dev/null; then
+  log "python venv for examples/"
+  # Debian's python3 needs python3-venv for `-m venv` (ensurepip).
+  python3 -c 'import ensurepip' 2>/dev/null || apt_install python3 python3-venv
+  python3 -m venv .data/venv-examples
+  .data/venv-examples/bin/pip install -q -r examples/subscriber/requirements.txt
+fi
 
 { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 || rustup component add rustfmt clippy
 log "cargo fmt --check"

@@ -10,6 +10,7 @@ use crate::config::{Limits, Settings};
 use crate::ids::CommandId;
 use crate::ops::{self, Operation, ParseContext, RequestError};
 use crate::subjects::Subjects;
+use crate::trace::{self, TraceContext};
 
 /// Builds the envelope for one request body (already JSON).
 pub fn envelope(
@@ -35,12 +36,24 @@ pub fn envelope(
     })
 }
 
-/// Publishes a command and waits for JetStream's acknowledgement. A repeat inside the duplicate
-/// window is dropped by NATS; a later one by the worker's `commands` key.
+/// Publishes a command and waits for JetStream's acknowledgement, in a new trace (see
+/// [`publish_traced`]).
 pub async fn publish(
     js: &jetstream::Context,
     subjects: &Subjects,
     envelope: &CommandEnvelope,
+) -> Result<(), String> {
+    publish_traced(js, subjects, envelope, &TraceContext::start()).await
+}
+
+/// Publishes a command and waits for JetStream's acknowledgement. A repeat inside the duplicate
+/// window is dropped by NATS; a later one by the worker's `commands` key. The command id and
+/// `trace` ride in its headers (`Allo-Command-Id`, `traceparent`) for the worker to continue.
+pub async fn publish_traced(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    envelope: &CommandEnvelope,
+    trace: &TraceContext,
 ) -> Result<(), String> {
     // The client buffers publishes while disconnected and sends them on reconnect, after the
     // request was answered 503: refuse up front instead, so a 503 means "not stored".
@@ -50,6 +63,7 @@ pub async fn publish(
     let subject = subjects.command(envelope.command.operation(), envelope.command_id);
     let payload = serde_json::to_vec(envelope).map_err(|e| unavailable("command encoding", e))?;
     let message = PublishMessage::build()
+        .headers(trace::headers(envelope.command_id, trace))
         .message_id(envelope.command_id.to_string())
         .payload(payload.into());
     js.send_publish(subject, message)

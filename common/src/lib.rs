@@ -25,5 +25,6 @@ pub mod ops;
 pub mod subjects;
 pub mod telemetry;
 pub mod text;
+pub mod trace;
 
 pub use config::Settings;

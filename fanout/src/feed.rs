@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use allo_common::event::{EventEnvelope, EventType};
 use allo_common::ids::{ConversationId, UserId};
+use allo_common::trace;
 use futures::StreamExt;
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
@@ -152,6 +153,7 @@ impl Feed {
                 biased;
                 Some(sid) = leaves.recv() => self.on_leave(sid).await,
                 Some(msg) = self.events.next() => {
+                    log_trace(&msg);
                     match serde_json::from_slice::<EventEnvelope>(&msg.payload) {
                         Ok(event) => self.on_event(event),
                         Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "undecodable event dropped"),
@@ -343,5 +345,16 @@ impl Feed {
         if let Some(state) = socket.extensions.get::<crate::socket::SocketState>() {
             state.left(self.conversation);
         }
+    }
+}
+
+/// The event's command and trace (from its NATS headers) in this replica's log, at debug level
+/// under `allo::trace`: the fan-out's part of following one command through every service.
+fn log_trace(msg: &async_nats::Message) {
+    if tracing::enabled!(target: trace::TARGET, tracing::Level::DEBUG) {
+        let (command_id, context) = trace::from_headers(msg.headers.as_ref());
+        let trace_id = context.map(|c| c.trace_id()).unwrap_or_default();
+        let command_id = command_id.unwrap_or_default();
+        tracing::debug!(target: trace::TARGET, %command_id, %trace_id, subject = %msg.subject, "event received");
     }
 }

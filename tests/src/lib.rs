@@ -10,6 +10,7 @@
 pub mod infra;
 pub mod nats_users;
 pub mod privacy;
+pub mod python;
 mod socket;
 
 use std::collections::HashMap;
@@ -511,6 +512,11 @@ impl Stack {
             &[op.as_str(), "outcome=\"committed\""],
         )
         .await as u64
+    }
+
+    /// Where this stack's process logs go (`target/e2e-logs/<prefix>/`).
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
     }
 
     /// The log (stdout and stderr) of process `name` so far.

@@ -9,7 +9,10 @@ use std::time::Duration;
 use allo_common::command::CommandEnvelope;
 use allo_common::event::UserNotice;
 use allo_common::ids::CommandId;
+use allo_common::trace::{self, TraceContext};
 use async_nats::jetstream::{self, AckKind};
+use std::collections::HashMap;
+use tracing::Instrument;
 
 use crate::apply::{Applied, BatchResults, PublishedMark};
 use crate::error::is_transient;
@@ -112,25 +115,56 @@ impl Worker {
             })
             .flatten()
             .collect();
-        match self.publisher().events(&events).await {
+        // Each command's events continue its trace: one hop further than the ingress.
+        let traces: HashMap<CommandId, TraceContext> = settled
+            .iter()
+            .map(|(msg, envelope, _)| {
+                let (_, trace) = trace::from_headers(msg.headers.as_ref());
+                let trace = trace.map_or_else(TraceContext::start, |t| t.child());
+                (envelope.command_id, trace)
+            })
+            .collect();
+        let published = self
+            .publisher()
+            .events_traced(&events, |command| traces.get(&command).copied());
+        match published.await {
             Ok(seqs) => return_marks(marks, events.iter().map(|e| e.event_id).zip(seqs).collect()),
             Err(e) => tracing::warn!(error = %e, "event publish failed; the relay will retry"),
         }
         for (msg, envelope, applied) in settled {
-            let op = envelope.command.operation().as_str();
-            let outcome = match &applied {
-                Applied::Committed { .. } => "committed",
-                Applied::Rejected { .. } => "rejected",
-                Applied::Duplicate { .. } => "duplicate",
-            };
-            metrics::counter!("allo_commands_applied_total", "operation" => op, "outcome" => outcome)
-                .increment(1);
-            metrics::histogram!("allo_command_apply_seconds", "operation" => op).record(elapsed);
-            self.announce(&envelope, &applied).await;
-            self.release(&msg);
-            if let Err(e) = msg.ack().await {
-                tracing::warn!(error = %e, command_id = %envelope.command_id, "ack failed; redelivery will be a no-op");
-            }
+            let trace_id = traces
+                .get(&envelope.command_id)
+                .map(TraceContext::trace_id)
+                .unwrap_or_default();
+            let span = tracing::info_span!("command", command_id = %envelope.command_id, %trace_id);
+            self.finish(msg, envelope, applied, elapsed)
+                .instrument(span)
+                .await;
+        }
+    }
+
+    /// One settled command: counted, announced and acked, inside its trace's span.
+    async fn finish(
+        &self,
+        msg: jetstream::Message,
+        envelope: CommandEnvelope,
+        applied: Applied,
+        elapsed: f64,
+    ) {
+        let op = envelope.command.operation().as_str();
+        let outcome = match &applied {
+            Applied::Committed { .. } => "committed",
+            Applied::Rejected { .. } => "rejected",
+            Applied::Duplicate { .. } => "duplicate",
+        };
+        tracing::debug!(target: trace::TARGET, operation = op, outcome, "command applied");
+        metrics::counter!("allo_commands_applied_total", "operation" => op, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("allo_command_apply_seconds", "operation" => op).record(elapsed);
+        self.announce(&envelope, &applied).await;
+        self.release(&msg);
+        if let Err(e) = msg.ack().await {
+            tracing::warn!(error = %e, "ack failed; redelivery will be a no-op");
         }
     }
 

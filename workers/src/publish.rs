@@ -2,8 +2,9 @@
 //! of the same event (worker retry, relay) is dropped by NATS inside the duplicate window.
 
 use allo_common::event::{EventEnvelope, EventType, UserNotice};
-use allo_common::ids::UserId;
+use allo_common::ids::{CommandId, UserId};
 use allo_common::subjects::Subjects;
+use allo_common::trace::{self, TraceContext};
 use async_nats::jetstream::{self, message::PublishMessage};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,22 +27,43 @@ impl Publisher {
     /// deletes it by. `conversationCreated` also goes to each participant's user subject, so
     /// their sockets learn of it without joining first.
     pub async fn events(&self, events: &[EventEnvelope]) -> Result<Vec<u64>, PublishError> {
+        self.events_traced(events, |_| None).await
+    }
+
+    /// [`Self::events`], each event of a command carrying the command's id and, where
+    /// `trace_of` knows it, its trace (`traceparent`) in headers. A system event carries
+    /// neither: its command would name the user (docs/nats.md, "Who an event names").
+    pub async fn events_traced(
+        &self,
+        events: &[EventEnvelope],
+        trace_of: impl Fn(CommandId) -> Option<TraceContext>,
+    ) -> Result<Vec<u64>, PublishError> {
         // (is the event's own copy, ack)
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             // Serializing our own envelope cannot fail.
             let payload = serde_json::to_vec(event).unwrap_or_default();
+            let headers = event.command_id.map(|command| {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(trace::COMMAND_ID, command.to_string().as_str());
+                if let Some(context) = trace_of(command) {
+                    headers.insert(trace::TRACEPARENT, context.header().as_str());
+                }
+                headers
+            });
             let subject = self.subjects.event(event.conversation_id, event.kind);
+            let id = event.event_id.to_string();
             acks.push((
                 true,
-                self.send(subject, event.event_id.to_string(), payload.clone())
+                self.send(subject, id, payload.clone(), headers.clone())
                     .await?,
             ));
             if event.kind == EventType::ConversationCreated {
                 for user in participants_of(event) {
                     let subject = self.subjects.user(&user, event.kind.as_str());
                     let id = format!("{}:{}", event.event_id, user.subject_token());
-                    acks.push((false, self.send(subject, id, payload.clone()).await?));
+                    let copy = self.send(subject, id, payload.clone(), headers.clone());
+                    acks.push((false, copy.await?));
                 }
             }
         }
@@ -63,7 +85,7 @@ impl Publisher {
         id: String,
     ) -> Result<(), PublishError> {
         let payload = serde_json::to_vec(notice).unwrap_or_default();
-        self.send(self.subjects.user(user, &notice.kind), id, payload)
+        self.send(self.subjects.user(user, &notice.kind), id, payload, None)
             .await?
             .await?;
         Ok(())
@@ -72,7 +94,7 @@ impl Publisher {
     /// A notice for every moderator's sockets (`<prefix>.mod.<type>`).
     pub async fn moderators(&self, notice: &UserNotice, id: String) -> Result<(), PublishError> {
         let payload = serde_json::to_vec(notice).unwrap_or_default();
-        self.send(self.subjects.moderators(&notice.kind), id, payload)
+        self.send(self.subjects.moderators(&notice.kind), id, payload, None)
             .await?
             .await?;
         Ok(())
@@ -83,10 +105,13 @@ impl Publisher {
         subject: String,
         id: String,
         payload: Vec<u8>,
+        headers: Option<async_nats::HeaderMap>,
     ) -> Result<jetstream::context::PublishAckFuture, PublishError> {
-        let message = PublishMessage::build()
-            .message_id(id)
-            .payload(payload.into());
+        let mut message = PublishMessage::build();
+        if let Some(headers) = headers {
+            message = message.headers(headers);
+        }
+        let message = message.message_id(id).payload(payload.into());
         Ok(self.js.send_publish(subject, message).await?)
     }
 }

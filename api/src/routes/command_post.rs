@@ -7,6 +7,7 @@ use allo_common::command::{CommandOutcome, CommandStatus};
 use allo_common::ids::CommandId;
 use allo_common::ingress;
 use allo_common::ops::{Operation, RequestError};
+use allo_common::trace::{self, TraceContext};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,7 +29,7 @@ pub struct WaitQuery {
 /// How long `?wait=true` waits when no number is given.
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
-#[tracing::instrument(skip_all, fields(operation = %operation, command_id))]
+#[tracing::instrument(skip_all, fields(operation = %operation, command_id, trace_id))]
 pub async fn handler(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -51,7 +52,16 @@ pub async fn handler(
         Some(key) => CommandId::from_idempotency_key(&caller.user, key),
         None => CommandId::generate(),
     };
-    tracing::Span::current().record("command_id", tracing::field::display(command_id));
+    // Continue the caller's trace (W3C `traceparent`) or start one; the worker and the fan-out
+    // continue it from the command's NATS headers.
+    let trace = TraceContext::continue_or_start(
+        headers
+            .get(trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let span = tracing::Span::current();
+    span.record("command_id", tracing::field::display(command_id));
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
     let op = Operation::parse(&operation)
         .ok_or_else(|| RequestError::UnknownOperation(operation.clone()))?;
     let value: serde_json::Value =
@@ -105,9 +115,10 @@ pub async fn handler(
         }
         Err(e) => return Err(ApiError::Unavailable(e)),
     }
-    ingress::publish(&state.js, &state.subjects, &envelope)
+    ingress::publish_traced(&state.js, &state.subjects, &envelope, &trace)
         .await
         .map_err(ApiError::Unavailable)?;
+    tracing::debug!(target: trace::TARGET, traceparent = %trace.header(), "command accepted");
     metrics::counter!("allo_commands_accepted_total", "operation" => op.as_str()).increment(1);
     let accepted = ingress::accepted_body(&envelope);
     if let (Some(wait), Some(mut outcomes)) = (wait, outcomes) {
