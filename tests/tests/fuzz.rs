@@ -1,0 +1,161 @@
+//! Fuzzing the HTTP API against its own OpenAPI document (issue 11): schemathesis (PyPI, the
+//! version pinned in `tests/fuzz/requirements.txt`) reads `/api/openapi.json` from a running
+//! stack and sends every operation valid and invalid inputs, once with a valid token and once
+//! without. A run passes only with no response >= 500 and no response that violates the
+//! document (status code, content type, body schema, documented headers), and with every bad
+//! input refused by a 4xx.
+//!
+//! schemathesis lives in a project-local venv (`.data/venv`); `scripts/test.sh` installs it,
+//! and this suite does too when it is missing (pip from PyPI), so it also runs on its own:
+//! `cargo test -p allo-e2e --test fuzz -- --nocapture`. `ALLO_FUZZ_EXAMPLES` (cases per
+//! operation and phase) and `ALLO_FUZZ_SEED` (to replay a red run; the report prints its
+//! seed) tune a run.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use allo_e2e::{Stack, StackOptions, workspace_root};
+
+/// The checks that mean "0 responses >= 500, 0 responses that violate the document, every bad
+/// input refused".
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
+response_schema_conformance,response_headers_conformance,negative_data_rejection";
+
+/// Cases per operation in each phase: about a minute per run on a 2-core machine.
+const DEFAULT_EXAMPLES: &str = "25";
+
+/// A run that takes longer than this is killed and fails (the suite must stay bounded).
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+/// The schemathesis executable, installed into `.data/venv` when it is not there (or is
+/// another version than the pinned one). Once per test process.
+fn schemathesis() -> &'static PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let root = workspace_root();
+        let requirements = root.join("tests/fuzz/requirements.txt");
+        let pinned = std::fs::read_to_string(&requirements).expect("tests/fuzz/requirements.txt");
+        let version = pinned
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("schemathesis=="))
+            .expect("schemathesis pinned in tests/fuzz/requirements.txt")
+            .to_string();
+        let venv = root.join(".data/venv");
+        let exe = venv.join("bin/schemathesis");
+        let installed = std::process::Command::new(&exe)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&version));
+        if !installed {
+            eprintln!("installing schemathesis {version} into {}", venv.display());
+            let made = std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(made, "python3 -m venv {} failed", venv.display());
+            let pip = std::process::Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "--disable-pip-version-check", "-r"])
+                .arg(&requirements)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(pip, "pip install -r {} failed", requirements.display());
+        }
+        exe
+    })
+}
+
+/// Runs schemathesis against the stack's served document; returns (passed, report).
+async fn fuzz(stack: &Stack, name: &str, token: Option<&str>) -> (bool, String) {
+    let exe = schemathesis();
+    let examples = std::env::var("ALLO_FUZZ_EXAMPLES").unwrap_or_else(|_| DEFAULT_EXAMPLES.into());
+    let report_dir = workspace_root()
+        .join("target/fuzz")
+        .join(format!("{name}-{}", stack.settings.subject_prefix));
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("run")
+        .arg(format!("{}/api/openapi.json", stack.api_url))
+        .args(["--url", &stack.api_url])
+        .args(["--checks", CHECKS])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", &examples])
+        .args(["--workers", "2"])
+        .args(["--request-timeout", "20"])
+        .args(["--generation-database", "none"])
+        .args(["--suppress-health-check", "all"])
+        .args(["--report", "junit"])
+        .arg("--report-dir")
+        .arg(&report_dir)
+        .args(["--no-color", "--output-truncate", "false"])
+        .current_dir(workspace_root().join("target"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Ok(seed) = std::env::var("ALLO_FUZZ_SEED") {
+        command.args(["--seed", &seed]);
+    }
+    if let Some(token) = token {
+        command.args(["--header", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = tokio::time::timeout(RUN_LIMIT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("schemathesis ran longer than {RUN_LIMIT:?}"))
+        .expect("schemathesis runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+/// Every operation of the document was tested (none skipped or errored out of the run).
+fn assert_every_operation(report: &str, stack_doc: &serde_json::Value) {
+    let operations: usize = stack_doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|p| p.as_object().map_or(0, |m| m.len()))
+        .sum();
+    assert!(
+        report.contains(&format!("{operations} selected")),
+        "the run did not select all {operations} operations:\n{report}"
+    );
+}
+
+async fn fuzz_stack() -> Stack {
+    Stack::start(StackOptions {
+        fanout: false,
+        env: vec![
+            // A generated `Prefer: wait=<n>` holds a request for at most this long.
+            ("ALLO_LIMITS__WAIT_MAX_SECS".into(), "2".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+}
+
+async fn run_and_judge(stack: &Stack, name: &str, token: Option<&str>) {
+    let doc = stack.get(None, "/api/openapi.json").await.body;
+    let (passed, report) = fuzz(stack, name, token).await;
+    println!("schemathesis ({name}):\n{report}");
+    assert!(passed, "schemathesis found failures ({name}):\n{report}");
+    assert_every_operation(&report, &doc);
+}
+
+#[tokio::test]
+async fn every_operation_holds_to_the_document_with_a_valid_token() {
+    let stack = fuzz_stack().await;
+    // A moderator: the moderation routes run their whole path too, not only the 403.
+    let token = stack.token_with_roles("fuzzer", &["moderator"]);
+    run_and_judge(&stack, "with-token", Some(&token)).await;
+}
+
+#[tokio::test]
+async fn every_operation_holds_to_the_document_without_a_token() {
+    let stack = fuzz_stack().await;
+    run_and_judge(&stack, "without-token", None).await;
+}
