@@ -7,8 +7,8 @@ use allo_common::command::{CommandOutcome, CommandStatus};
 use allo_common::ids::CommandId;
 use allo_common::ingress;
 use allo_common::ops::{Operation, RequestError};
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::extract::{Path, Query};
 use crate::AppState;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
