@@ -5,8 +5,9 @@
 //! document (status code, content type, body schema, documented headers), and with every bad
 //! input refused by a 4xx.
 //!
-//! schemathesis lives in a project-local venv (`.data/venv`); `scripts/test.sh` installs it,
-//! and this suite does too when it is missing (pip from PyPI), so it also runs on its own:
+//! schemathesis lives in a project-local venv (`.data/venv`); `scripts/test.sh` installs it
+//! (and passes its path in `ALLO_TEST_SCHEMATHESIS`), and this suite does too when it is
+//! missing (pip from PyPI), so it also runs on its own:
 //! `cargo test -p allo-e2e --test fuzz -- --nocapture`. `ALLO_FUZZ_EXAMPLES` (cases per
 //! operation and phase) and `ALLO_FUZZ_SEED` (to replay a red run; the report prints its
 //! seed) tune a run.
@@ -29,11 +30,15 @@ const DEFAULT_EXAMPLES: &str = "25";
 /// A run that takes longer than this is killed and fails (the suite must stay bounded).
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 
-/// The schemathesis executable, installed into `.data/venv` when it is not there (or is
-/// another version than the pinned one). Once per test process.
+/// The schemathesis executable: `ALLO_TEST_SCHEMATHESIS` (scripts/test.sh installed it), else
+/// `.data/venv`'s, installed there when it is not (or is another version than the pinned one).
+/// Once per test process.
 fn schemathesis() -> &'static PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
+        if let Ok(exe) = std::env::var("ALLO_TEST_SCHEMATHESIS") {
+            return PathBuf::from(exe);
+        }
         let root = workspace_root();
         let requirements = root.join("tests/fuzz/requirements.txt");
         let pinned = std::fs::read_to_string(&requirements).expect("tests/fuzz/requirements.txt");
