@@ -20,9 +20,10 @@ use std::time::Duration;
 use allo_e2e::{Stack, StackOptions, workspace_root};
 
 /// The checks that mean "0 responses >= 500, 0 responses that violate the document, every bad
-/// input refused".
+/// input refused, no route served without a valid token" (`ignored_auth` repeats a request that
+/// succeeded without its token and with a wrong one).
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
-response_schema_conformance,response_headers_conformance,negative_data_rejection";
+response_schema_conformance,response_headers_conformance,negative_data_rejection,ignored_auth";
 
 /// Cases per operation in each phase: about a minute per run on a 2-core machine.
 const DEFAULT_EXAMPLES: &str = "25";
