@@ -163,10 +163,8 @@ async fn fuzz_stack() -> Stack {
     .await
 }
 
-/// A conversation of the fuzzing user with a message and a poll in it, offered to schemathesis
-/// (in half of the cases) wherever a conversation or message id goes, so reads and commands
-/// also run past "not found" (a schemathesis config file, `--config-file`).
-async fn seeded_config(stack: &Stack, user: &str, report_dir: &std::path::Path) -> PathBuf {
+/// A conversation of `user` with a message and a poll in it; returns (conversation, [ids]).
+async fn seed_conversation(stack: &Stack, user: &str) -> (String, [String; 2]) {
     let conversation = stack
         .create_conversation(user, "group", &["fuzz-peer"])
         .await;
@@ -184,23 +182,35 @@ async fn seeded_config(stack: &Stack, user: &str, report_dir: &std::path::Path) 
             json!({"conversationID": conversation, "question": "Seed?", "options": ["a", "b"]}),
         )
         .await;
-    let messages = [id(&message, "messageId"), id(&poll, "messageId")];
+    let ids = [id(&message, "messageId"), id(&poll, "messageId")];
+    (conversation, ids)
+}
+
+/// Real ids offered to schemathesis (in half of the cases) wherever a conversation or message
+/// id goes, so reads and commands also run past "not found" (a schemathesis config file). Reads
+/// get a conversation that no command names, so the commands (`leaveConversation`, ...) cannot
+/// lock the reads out of it.
+async fn seeded_config(stack: &Stack, user: &str, report_dir: &std::path::Path) -> PathBuf {
+    let (read, [read_message, read_poll]) = seed_conversation(stack, user).await;
+    let (write, [write_message, write_poll]) = seed_conversation(stack, user).await;
     let config = format!(
-        r#"[dictionaries.conversations]
-values = ["{conversation}"]
+        r#"[dictionaries.read]
+values = ["{read}"]
+
+[dictionaries.write]
+values = ["{write}"]
 
 [dictionaries.messages]
-values = ["{}", "{}"]
+values = ["{read_message}", "{read_poll}", "{write_message}", "{write_poll}"]
 
 [parameters]
-"path.id" = {{ dictionary = "conversations", probability = 0.5 }}
+"path.id" = {{ dictionary = "read", probability = 0.5 }}
 "path.message_id" = {{ dictionary = "messages", probability = 0.5 }}
-"body.conversationID" = {{ dictionary = "conversations", probability = 0.5 }}
-"body.fromConversationID" = {{ dictionary = "conversations", probability = 0.5 }}
-"body.toConversationID" = {{ dictionary = "conversations", probability = 0.5 }}
+"body.conversationID" = {{ dictionary = "write", probability = 0.5 }}
+"body.fromConversationID" = {{ dictionary = "write", probability = 0.5 }}
+"body.toConversationID" = {{ dictionary = "write", probability = 0.5 }}
 "body.messageId" = {{ dictionary = "messages", probability = 0.5 }}
-"#,
-        messages[0], messages[1]
+"#
     );
     std::fs::create_dir_all(report_dir).expect("report directory");
     let path = report_dir.join("schemathesis.toml");
