@@ -2,8 +2,8 @@
 //! version pinned in `tests/fuzz/requirements.txt`) reads `/api/openapi.json` from a running
 //! stack and sends every operation valid and invalid inputs, once with a valid token and once
 //! without. A run passes only with no response >= 500 and no response that violates the
-//! document (status code, content type, body schema, documented headers), and with every bad
-//! input refused by a 4xx.
+//! document (status code, content type, body schema, documented headers), with every bad
+//! input refused by a 4xx, and with no route served without a valid token.
 //!
 //! schemathesis lives in a project-local venv (`.data/venv`); `scripts/test.sh` installs it
 //! (and passes its path in `ALLO_TEST_SCHEMATHESIS`), and this suite does too when it is
