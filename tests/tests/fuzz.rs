@@ -154,9 +154,14 @@ async fn fuzz_stack() -> Stack {
         env: vec![
             // A generated `Prefer: wait=<n>` holds a request for at most this long.
             ("ALLO_LIMITS__WAIT_MAX_SECS".into(), "2".into()),
-            // Past the command budget every command is a 429 (documented): a budget the run
-            // does not spend lets each input reach validation and the workers.
+            // Past the command and read budgets every request is a 429 (documented): budgets
+            // the run does not spend let each input reach validation, Postgres and the workers.
             ("ALLO_LIMITS__RATE_MAX_PER_WINDOW".into(), "1000000".into()),
+            (
+                "ALLO_LIMITS__READS_PER_USER_PER_SEC".into(),
+                "100000".into(),
+            ),
+            ("ALLO_LIMITS__READS_BURST".into(), "100000".into()),
         ],
         ..StackOptions::default()
     })
