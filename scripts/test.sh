@@ -13,6 +13,20 @@ export ALLO_TEST_NATS_URL="${ALLO_TEST_NATS_URL:-nats://127.0.0.1:4322}"
 export ALLO_TEST_DATABASE_URL="${ALLO_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 trap stop_started_services EXIT
 
+# schemathesis (PyPI; the version pinned in tests/fuzz/requirements.txt) for tests/tests/fuzz.rs,
+# in a project-local venv; the suite finds it through ALLO_TEST_SCHEMATHESIS.
+ensure_schemathesis() {
+  local venv="$ALLO_DATA/venv" pin
+  pin=$(grep -m1 '^schemathesis==' tests/fuzz/requirements.txt)
+  if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qF "version ${pin#schemathesis==}"; then
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
+    log "installing $pin into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/fuzz/requirements.txt
+  fi
+  export ALLO_TEST_SCHEMATHESIS="$venv/bin/schemathesis"
+}
+
 ensure_nats "$ALLO_TEST_NATS_URL"
 ensure_postgres "$ALLO_TEST_DATABASE_URL"
 ensure_node
@@ -26,6 +40,7 @@ if ! .data/venv-examples/bin/python -c 'import nats' 2>/dev/null; then
   python3 -m venv .data/venv-examples
   .data/venv-examples/bin/pip install -q -r examples/subscriber/requirements.txt
 fi
+ensure_schemathesis
 
 { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 || rustup component add rustfmt clippy
 log "cargo fmt --check"

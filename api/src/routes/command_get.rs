@@ -4,8 +4,9 @@
 use allo_common::command::{CommandEnvelope, CommandOutcome, CommandStatus, load_outcome};
 use allo_common::ids::CommandId;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 
+use super::extract::Path;
 use super::path_id;
 use crate::AppState;
 use crate::auth::Authenticated;

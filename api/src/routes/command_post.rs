@@ -8,8 +8,8 @@ use allo_common::ids::CommandId;
 use allo_common::ingress;
 use allo_common::ops::{Operation, RequestError};
 use allo_common::trace::{self, TraceContext};
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::extract::{Path, Query};
 use crate::AppState;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
@@ -180,29 +181,38 @@ fn accepted_response(
         .into_response()
 }
 
-/// `Prefer: wait=<seconds>` (RFC 7240) or `?wait=<seconds|true>`, capped by config.
+/// `Prefer: wait=<seconds>` (RFC 7240) or `?wait=<seconds|true>`, capped by config. The header
+/// wins when both are given, but both are checked: an invalid value is refused, never ignored.
 fn requested_wait(
     headers: &HeaderMap,
     query: Option<&str>,
     max_secs: u64,
 ) -> Result<Option<Duration>, ApiError> {
+    let from_query = query.map(parse_wait).transpose()?;
     let from_header = headers
         .get_all("prefer")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split([',', ';']))
-        .find_map(|pref| pref.trim().strip_prefix("wait=").map(str::to_string));
-    let Some(raw) = from_header.or_else(|| query.map(str::to_string)) else {
-        return Ok(None);
-    };
-    let wait = match raw.trim() {
-        "true" => DEFAULT_WAIT,
-        "false" | "0" => return Ok(None),
-        secs => Duration::from_secs(secs.parse::<u64>().map_err(|_| {
-            ApiError::bad_parameter("wait", "must be a whole number of seconds or `true`")
-        })?),
-    };
-    Ok(Some(wait.min(Duration::from_secs(max_secs))))
+        .find_map(|pref| pref.trim().strip_prefix("wait="))
+        .map(parse_wait)
+        .transpose()?;
+    let wait = from_header.or(from_query).flatten();
+    Ok(wait.map(|w| w.min(Duration::from_secs(max_secs))))
+}
+
+/// One wait value: seconds, `true` (the default wait) or `false`/`0` (no wait).
+fn parse_wait(raw: &str) -> Result<Option<Duration>, ApiError> {
+    match raw.trim() {
+        "true" => Ok(Some(DEFAULT_WAIT)),
+        "false" | "0" => Ok(None),
+        secs => secs
+            .parse::<u64>()
+            .map(|s| Some(Duration::from_secs(s)))
+            .map_err(|_| {
+                ApiError::bad_parameter("wait", "must be a whole number of seconds or `true`")
+            }),
+    }
 }
 
 /// The `Idempotency-Key` header: printable ASCII, bounded.
@@ -253,6 +263,8 @@ mod tests {
             Some(DEFAULT_WAIT)
         );
         assert!(requested_wait(&headers(&[("prefer", "wait=soon")]), None, 30).is_err());
+        // The header wins, but an invalid query value is not ignored behind it.
+        assert!(requested_wait(&headers(&[("prefer", "wait=5")]), Some(""), 30).is_err());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 
 use allo_common::ids::ConversationId;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde_json::Value;
 
+use super::extract::Path;
 use super::{path_id, require_participant};
 use crate::AppState;
 use crate::auth::Authenticated;

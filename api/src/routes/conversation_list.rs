@@ -2,10 +2,11 @@
 //! each with its last message and the caller's unread count.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::extract::Query;
 use crate::AppState;
 use crate::auth::Authenticated;
 use crate::error::ApiError;

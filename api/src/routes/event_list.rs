@@ -5,10 +5,11 @@
 
 use allo_common::ids::ConversationId;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::extract::{Path, Query};
 use super::message_list::check_limit;
 use super::{path_id, require_participant};
 use crate::AppState;

@@ -2,9 +2,10 @@
 //! (participants only; unsent, expired or elsewhere: 404).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde_json::Value;
 
+use super::extract::Path;
 use super::require_participant;
 use crate::AppState;
 use crate::auth::Authenticated;

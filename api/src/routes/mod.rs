@@ -5,6 +5,7 @@ mod command_post;
 mod conversation_get;
 mod conversation_list;
 mod event_list;
+mod extract;
 mod health;
 mod message_get;
 mod message_list;

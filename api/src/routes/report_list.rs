@@ -5,10 +5,11 @@
 use allo_common::error::ErrorCode;
 use allo_common::ops::reports::MODERATOR_ROLE;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::extract::Query;
 use crate::AppState;
 use crate::auth::Authenticated;
 use crate::error::ApiError;

@@ -2,10 +2,11 @@
 //! each was sent (`lateByMs`: sent after its due time, e.g. when every scheduler was down).
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::extract::Query;
 use crate::AppState;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
