@@ -184,6 +184,9 @@ pub struct WorkerSettings {
     /// Where a worker process serves `/metrics`; none by default (workers bind no port unless
     /// asked, so several run on one host).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often each worker process reads every pool's consumer for the backlog gauges
+    /// (`allo_pool_*`), the signal to scale a pool on.
+    pub backlog_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -251,6 +254,7 @@ impl Default for Settings {
                 scheduler_tick_ms: 250,
                 scheduler_batch: 50,
                 metrics_addr: None,
+                backlog_interval_ms: 5000,
             },
             fanout: FanoutSettings {
                 reorder_window_ms: 150,

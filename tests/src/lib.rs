@@ -383,12 +383,13 @@ impl Stack {
     }
 
     /// Runs one of the workspace's binaries as an operator would against this stack (its env,
-    /// its NATS user), to completion; returns (exited successfully, stdout, stderr).
+    /// the operators' NATS user `allo-admin`), to completion; returns (exited successfully,
+    /// stdout, stderr).
     pub async fn run_tool(&self, bin: &str, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(binaries().join(bin))
             .args(args)
             .envs(self.env.iter().cloned())
-            .envs(self.nats_users.service_env(bin))
+            .envs(self.nats_users.service_env("allo-admin"))
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(Duration::from_secs(60), out)

@@ -94,3 +94,62 @@ async fn a_dead_letter_is_replayed_once_after_a_fix_or_discarded() {
     let outcome = stack.outcome(&alice, &poison[1]).await;
     assert_eq!(outcome["code"], "dead_lettered", "{outcome}");
 }
+
+/// Every worker process exports each pool's backlog, read from the pool's consumer: a worker
+/// serving only the scheduler reports the messages pool's waiting commands and their age, and
+/// sees them drain once a messages worker starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_worker_exports_each_pools_backlog() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: false,
+        env: vec![("ALLO_WORKER__BACKLOG_INTERVAL_MS".into(), "200".into())],
+        ..Default::default()
+    })
+    .await;
+    let alice = stack.token("alice");
+    for i in 0..5 {
+        let body = json!({"participants": ["bob"], "type": "group", "topic": format!("t{i}")});
+        let reply = stack.post(&alice, "createConversation", body).await;
+        assert_eq!(reply.status, 202, "{:?}", reply.body);
+    }
+    let posted = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let watcher = stack.start_worker_with(&["--pool", "scheduler"]).await;
+    let gauge = |text: &str, name: &str| allo_e2e::metric_sum(text, name, &["pool=\"messages\""]);
+    let mut seen = (0.0, 0.0);
+    for _ in 0..100 {
+        let text = stack.metrics_of(&watcher).await.unwrap_or_default();
+        seen = (
+            gauge(&text, "allo_pool_commands_waiting"),
+            gauge(&text, "allo_pool_oldest_waiting_seconds"),
+        );
+        if seen.0 == 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.0, 5.0, "waiting commands of the messages pool");
+    let age = posted.elapsed().as_secs_f64();
+    assert!(
+        seen.1 >= 1.5 && seen.1 <= age + 1.0,
+        "oldest waiting {} s, posted {age} s ago",
+        seen.1
+    );
+    stack.start_worker_with(&["--pool", "messages"]).await;
+    let mut drained = false;
+    for _ in 0..150 {
+        let text = stack.metrics_of(&watcher).await.unwrap_or_default();
+        if gauge(&text, "allo_pool_commands_waiting") == 0.0
+            && gauge(&text, "allo_pool_commands_in_flight") == 0.0
+            && gauge(&text, "allo_pool_oldest_waiting_seconds") == 0.0
+            && text.contains("allo_pool_commands_waiting{pool=\"messages\"}")
+        {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(drained, "the backlog gauges never showed the drain");
+    assert_eq!(stack.count("SELECT count(*) FROM conversations").await, 5);
+}

@@ -20,6 +20,7 @@
 //!   by the stream sequence their published mark recorded; run in the relay's rounds.
 
 pub mod apply;
+pub mod backlog;
 mod batch;
 pub mod dead_letters;
 pub mod error;
@@ -96,6 +97,12 @@ pub async fn run(
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
+    tokio::spawn(backlog::run(
+        js.clone(),
+        allo_common::subjects::Subjects::new(&settings.subject_prefix),
+        std::time::Duration::from_millis(settings.worker.backlog_interval_ms.max(100)),
+        shutdown.clone(),
+    ));
     let worker = Worker::new(settings.clone(), db.clone(), nats.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for pool in pools.iter().copied() {

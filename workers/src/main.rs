@@ -35,7 +35,8 @@ enum DeadLetterCmd {
     },
     /// One dead letter with its command, error, deliveries and time.
     Show { command_id: uuid::Uuid },
-    /// Send the command back through its pool once (after fixing what made it fail).
+    /// Send the command back through its pool once (after fixing what made it fail). Needs a
+    /// NATS user allowed to publish commands: with the shipped nats.conf, `allo-admin`.
     Replay { command_id: uuid::Uuid },
     /// Forget it; its sender keeps reading it as rejected.
     Discard { command_id: uuid::Uuid },
