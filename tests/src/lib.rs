@@ -546,6 +546,12 @@ impl Stack {
         metric_sum(&text, metric, labels)
     }
 
+    /// Starts the stack's own fan-out again, on its address (after `kill` or `terminate`).
+    pub async fn start_fanout_again(&mut self) {
+        self.spawn("fanout", &binaries().join("allo-fanout"), &[]);
+        self.wait_ready(&self.fanout_url.clone()).await;
+    }
+
     /// Starts another fan-out replica on its own port; returns (process name, URL).
     pub async fn start_fanout(&mut self) -> (String, String) {
         let name = format!("fanout-{}", self.next_worker);
