@@ -27,7 +27,11 @@ const state = {
   commands: new Map(), // commandId -> messageId of a pending send
 };
 // For the browser test: delivery log, connection state.
-window.alloConsole = { state, deliveries: () => Object.fromEntries(state.live?.deliveries ?? []) };
+window.alloConsole = {
+  state,
+  deliveries: () => Object.fromEntries(state.live?.deliveries ?? []),
+  joins: () => state.live?.joins ?? [],
+};
 
 // ---------- sign-in ----------
 
@@ -204,11 +208,14 @@ function renderMessage(id, msg) {
   const list = $("message-list");
   const node = view.message(msg, ctxFor(id));
   const old = list.querySelector(`[data-id="${CSS.escape(msg.messageId)}"]`);
-  if (old) old.replaceWith(node);
-  else {
-    const after = [...list.children].find((li) => li.dataset.seq && Number(li.dataset.seq) > (msg.seq ?? Infinity));
-    list.insertBefore(node, after ?? null);
-  }
+  if (old && old.dataset.seq === String(msg.seq ?? "")) return old.replaceWith(node), renderSeen(id);
+  old?.remove(); // a pending message that got its seq moves to its place in the order
+  // Before the first later message, or before the pending ones (no seq yet, shown last).
+  const after =
+    msg.seq === undefined
+      ? null
+      : [...list.querySelectorAll(":scope > .msg")].find((li) => li.dataset.seq === "" || Number(li.dataset.seq) > msg.seq);
+  list.insertBefore(node, after ?? null);
   renderSeen(id);
 }
 

@@ -18,6 +18,8 @@ export class Live {
     /** conversationID -> {start, seqs}: every seq delivered, in arrival order (for tests). */
     this.deliveries = new Map();
     this.reconnects = 0;
+    /** Every join and its ack (for tests and for debugging a resume). */
+    this.joins = [];
     this.socket = io(url, {
       auth: { token },
       // WebSocket only: no long-polling, so no cross-origin XHR and no sticky sessions.
@@ -50,6 +52,7 @@ export class Live {
   join(id) {
     const lastSeq = this.lastSeq.get(id);
     this.socket.timeout(10000).emit("joinConversation", { conversationID: id, lastSeq }, (err, ack) => {
+      this.joins.push({ id, lastSeq, ack: err ? String(err) : ack });
       if (err || !ack?.joined) {
         this.handlers.onStatus("warning", `could not join a conversation: ${err?.message || ack?.code}`);
       } else if (ack.recovered === false) {

@@ -34,6 +34,11 @@ const shot = (page, name) => page.screenshot({ path: `${artifacts}/${name}.png` 
 
 async function fail(why) {
   console.error(`console.mjs: FAIL: ${why}`);
+  for (const page of pages) {
+    const joins = await page.evaluate(() => window.alloConsole.joins()).catch(() => "?");
+    const deliveries = await page.evaluate(() => window.alloConsole.deliveries()).catch(() => "?");
+    console.error(`console.mjs: ${page.user}: joins ${JSON.stringify(joins)}; deliveries ${JSON.stringify(deliveries)}`);
+  }
   for (const page of pages) await shot(page, `failure-${page.user}`).catch(() => {});
   await browser.close().catch(() => {});
   process.exit(1);
@@ -46,7 +51,11 @@ async function signIn(user, moderator) {
   page.user = user;
   page.setDefaultTimeout(TIMEOUT);
   page.on("pageerror", (e) => problems.push(`${user}: page error: ${e.message}`));
-  page.on("console", (m) => m.type() === "error" && problems.push(`${user}: console: ${m.text()}`));
+  // Refused connections while the fan-out is down are expected; any other error is not.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !m.text().includes("ERR_CONNECTION_REFUSED")) problems.push(`${user}: console: ${m.text()}`);
+  });
+  page.on("response", (r) => r.status() === 404 && problems.push(`${user}: 404 for ${r.url()}`));
   pages.push(page);
   await page.goto(`${base}/console/`);
   await page.fill("#dev-form input[name=userId]", user);
@@ -71,8 +80,8 @@ async function dialog(page, fill, submit) {
   for (const [selector, value] of Object.entries(fill)) await page.fill(`dialog ${selector}`, value);
   await page.locator("dialog").getByRole("button", { name: submit, exact: true }).click();
 }
-const see = (page, selector, what) =>
-  page.waitForSelector(selector).catch((e) => fail(`${page.user} never saw ${what}: ${e.message.split("\n")[0]}`));
+const see = (page, selector, what, state = "visible") =>
+  page.waitForSelector(selector, { state }).catch((e) => fail(`${page.user} never saw ${what}: ${e.message.split("\n")[0]}`));
 const seeText = (page, text) => msg(page, text).first().waitFor().catch(() => fail(`${page.user} never saw "${text}"`));
 
 try {
@@ -91,7 +100,7 @@ try {
   step("bob opens it: the unread count clears and alice sees the read marker and bob online");
   await bob.click(".conversation:has-text('Launch')");
   await seeText(bob, "first!");
-  await see(bob, ".conversation:has-text('Launch') .unread[data-count='0']", "the unread count cleared");
+  await see(bob, ".conversation:has-text('Launch') .unread[data-count='0']", "the unread count cleared", "attached");
   await see(alice, ".seen:text('Seen by bob')", "bob's read marker");
   await see(alice, ".member[data-user=bob][data-online=true]", "bob online");
 

@@ -364,8 +364,12 @@ impl Stack {
         args: &[&str],
         extra: &[(String, String)],
     ) {
-        let log =
-            std::fs::File::create(self.log_dir.join(format!("{name}.log"))).expect("log file");
+        // Appended to: a restarted process keeps its predecessor's log.
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{name}.log")))
+            .expect("log file");
         let bin_name = bin.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let child = Command::new(bin)
             .args(args)
