@@ -14,6 +14,9 @@ ensure_nats "$ALLO_TEST_NATS_URL"
 ensure_postgres "$ALLO_TEST_DATABASE_URL"
 ensure_node
 (cd tests/js && npm ci --no-audit --no-fund --silent)
+# The console's browser test (tests/tests/console.rs) drives Debian's chromium; the emoji font
+# only makes its screenshots readable.
+command -v chromium >/dev/null || apt_install chromium fonts-noto-color-emoji
 
 { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 || rustup component add rustfmt clippy
 log "cargo fmt --check"

@@ -47,7 +47,10 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// The console's routes (served in every environment: the page itself holds no secret).
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/console", get(|| async { Redirect::permanent("/console/") }))
+        .route(
+            "/console",
+            get(|| async { Redirect::permanent("/console/") }),
+        )
         .route("/console/", get(index))
         .route("/console/config.json", get(config))
         .route("/console/{*file}", get(asset))

@@ -67,7 +67,10 @@ async fn two_users_chat_in_chromium_and_miss_nothing_when_the_fanout_restarts() 
                 other => println!("console.mjs: {other}"),
             }
             if matches!(line.trim(), "STOP_FANOUT" | "START_FANOUT") {
-                stdin.write_all(b"done\n").await.expect("answer console.mjs");
+                stdin
+                    .write_all(b"done\n")
+                    .await
+                    .expect("answer console.mjs");
             }
         }
     };

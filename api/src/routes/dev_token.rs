@@ -24,8 +24,8 @@ struct Body {
 }
 
 pub async fn handler(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let body: Body =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_parameter("body", e.to_string()))?;
+    let body: Body = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_parameter("body", e.to_string()))?;
     let user = UserId::parse(&body.user_id).map_err(|e| ApiError::bad_parameter("userId", e))?;
     let roles: Vec<String> = if body.moderator {
         vec!["moderator".into()]
