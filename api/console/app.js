@@ -507,6 +507,7 @@ function renderTyping() {
 }
 
 function commandFailed(data) {
+  if (data.event === "joinConversation") return; // Live retries or reports a failed join
   view.toast(`${data.operation ?? "command"} refused: ${data.message} (${data.code ?? "error"})`, "error");
   const pending = state.commands.get(data.commandId);
   const msg = pending && state.stores.get(pending.id)?.byId.get(pending.messageId);

@@ -53,8 +53,12 @@ export class Live {
     const lastSeq = this.lastSeq.get(id);
     this.socket.timeout(10000).emit("joinConversation", { conversationID: id, lastSeq }, (err, ack) => {
       this.joins.push({ id, lastSeq, ack: err ? String(err) : ack });
-      if (err || !ack?.joined) {
-        this.handlers.onStatus("warning", `could not join a conversation: ${err?.message || ack?.code}`);
+      if (err || ack?.code === "unavailable" || ack?.code === "rate_limited") {
+        // A fan-out that has just started may not reach NATS or Postgres yet: try again
+        // (with the same lastSeq, so the replay still starts where we stopped).
+        setTimeout(() => this.socket.connected && this.join(id), 1000);
+      } else if (!ack?.joined) {
+        this.handlers.onStatus("warning", `could not join a conversation: ${ack?.code}`);
       } else if (ack.recovered === false) {
         // Too far behind for a replay: the history API is the way back.
         this.lastSeq.set(id, ack.lastSeq);

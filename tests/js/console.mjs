@@ -185,8 +185,12 @@ try {
       const n = texts.filter((t) => t === text).length;
       if (n !== 1) await fail(`${page.user} shows "${text}" ${n} times: ${JSON.stringify(texts)}`);
     }
-    const tail = texts.slice(-5);
-    if (JSON.stringify(tail) !== JSON.stringify([...whileDown, "bob while down", "after restart"])) {
+    // In seq order on screen; alice's own outage messages in the order she sent them (bob's
+    // may fall between them: each send is a request of its own), the live one last.
+    const seqs = await page.locator("#message-list .msg").evaluateAll((nodes) => nodes.map((n) => Number(n.dataset.seq)));
+    if (seqs.some((seq, i) => !(seq > 0) || (i > 0 && seq <= seqs[i - 1]))) await fail(`${page.user}: messages out of seq order: ${JSON.stringify(seqs)}`);
+    const order = texts.filter((t) => whileDown.includes(t) || t === "after restart");
+    if (JSON.stringify(order) !== JSON.stringify([...whileDown, "after restart"])) {
       await fail(`${page.user}: wrong order after the restart: ${JSON.stringify(texts)}`);
     }
     // Nothing missing or doubled on the wire: every seq after the first join, once, in order.
