@@ -119,7 +119,10 @@ $("new-group").addEventListener("click", async () => {
   if (!values) return;
   const participants = values.participants.split(/[\s,]+/).filter(Boolean);
   const reply = await run("createConversation", { participants, type: "group", topic: values.topic });
-  if (reply) state.pendingOpen = reply.conversationID;
+  if (!reply) return;
+  // The conversationCreated event may come before this reply does: open it now or on arrival.
+  if (state.convs.has(reply.conversationID)) open(reply.conversationID);
+  else state.pendingOpen = reply.conversationID;
 });
 
 // ---------- conversation pane ----------
@@ -458,6 +461,10 @@ function apply(event, data) {
     const reads = state.reads.get(id);
     if (reads) reads.set(data.readBy ?? data.userID, data.readSeq ?? 0);
     return state.active === id && renderSeen(id);
+  }
+  if ((event === "messageDeleted" || event === "messageUnsent") && conv?.lastMessage?.messageId === data.messageId) {
+    conv.lastMessage = { ...conv.lastMessage, status: "deleted", message: null };
+    renderSidebar();
   }
   if (!msg) return;
   if (event === "messageEdited") Object.assign(msg, { message: data.newMessage, editedAt: data.editedAt });
