@@ -551,8 +551,28 @@ impl Stack {
     }
 
     /// Starts the stack's own fan-out again, on its address (after `kill` or `terminate`).
+    /// A fan-out that cannot bind yet (the port still held for a moment after the kill) exits;
+    /// it is started again, a few times, before the test gives up.
     pub async fn start_fanout_again(&mut self) {
-        self.spawn("fanout", &binaries().join("allo-fanout"), &[]);
+        for _ in 0..10 {
+            self.spawn("fanout", &binaries().join("allo-fanout"), &[]);
+            let exited = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let child = self.children.get_mut("fanout");
+                    if let Some(Ok(Some(_))) = child.map(|c| c.try_wait()) {
+                        return;
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(2), exited)
+                .await
+                .is_err()
+            {
+                break; // still running: it bound its port
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         self.wait_ready(&self.fanout_url.clone()).await;
     }
 
