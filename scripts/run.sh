@@ -59,6 +59,7 @@ cat <<INFO
 Allo is up.
   API:      http://$ALLO_API_ADDR   (POST /api/chat/<operation>, GET /api/conversations, ...)
   Sockets:  http://$ALLO_FANOUT_ADDR (Socket.IO v4; handshake auth: {token})
+  Console:  http://$ALLO_API_ADDR/console/  (sign in as any user id, e.g. alice and bob in two windows)
   Metrics:  http://$ALLO_API_ADMIN_ADDR/metrics, http://$ALLO_FANOUT_ADMIN_ADDR/metrics (operators only)
   NATS:     users and passwords of nats.conf in $ALLO_DATA/nats-secrets.env
   Logs:     $logs

@@ -41,6 +41,9 @@ if ! .data/venv-examples/bin/python -c 'import nats' 2>/dev/null; then
   .data/venv-examples/bin/pip install -q -r examples/subscriber/requirements.txt
 fi
 ensure_schemathesis
+# The console's browser test (tests/tests/console.rs) drives Debian's chromium; the emoji font
+# only makes its screenshots readable.
+command -v chromium >/dev/null || apt_install chromium fonts-noto-color-emoji
 
 { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 || rustup component add rustfmt clippy
 log "cargo fmt --check"

@@ -5,9 +5,11 @@
 //! - [`routes`]: one file per route, `<resource>_<verb>.rs`.
 //! - [`auth`]: the bearer-token extractor.
 //! - [`error`]: the one HTTP error type (problem+json).
+//! - [`console`]: the web console's embedded static files and its `config.json`.
 
 pub mod admission;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod routes;
 
@@ -45,6 +47,7 @@ impl AppState {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         // First: a service that would accept forged tokens must not even connect.
         let keys = TokenKeys::from_settings(&settings)?;
+        console::check(&settings)?;
         let admission = Arc::new(admission::Admission::new(&settings.limits));
         let db = allo_common::db::connect_lazy(&settings).context("database URL")?;
         let nats = allo_common::jetstream::connect(&settings, "allo-api")
@@ -72,7 +75,15 @@ pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.settings.cors_origins);
     let body_limit = state.settings.limits.body_max_bytes;
     let admission = state.admission.clone();
-    routes::router()
+    let mut routes = routes::router().merge(console::router());
+    // Minting tokens is a dev tool: outside dev mode the route does not exist (404).
+    if state.settings.environment == allo_common::config::Environment::Dev {
+        routes = routes.route(
+            "/api/dev/token",
+            axum::routing::post(routes::dev_token::handler),
+        );
+    }
+    routes
         .layer(axum::middleware::from_fn_with_state(
             admission,
             admission::admit,

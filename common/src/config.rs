@@ -59,6 +59,9 @@ pub struct Settings {
     pub fanout: FanoutSettings,
     /// Origins allowed by CORS on the API; empty means same-origin only.
     pub cors_origins: Vec<String>,
+    /// The fan-out's public URL for the web console (`/console/`), when browsers reach it
+    /// elsewhere than at the console's own host on `fanout_addr`'s port (behind a proxy).
+    pub console_fanout_url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +266,7 @@ impl Default for Settings {
                 typing_min_interval_ms: 500,
             },
             cors_origins: Vec::new(),
+            console_fanout_url: None,
         }
     }
 }

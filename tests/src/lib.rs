@@ -365,8 +365,12 @@ impl Stack {
         args: &[&str],
         extra: &[(String, String)],
     ) {
-        let log =
-            std::fs::File::create(self.log_dir.join(format!("{name}.log"))).expect("log file");
+        // Appended to: a restarted process keeps its predecessor's log.
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{name}.log")))
+            .expect("log file");
         let bin_name = bin.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let child = Command::new(bin)
             .args(args)
@@ -571,6 +575,32 @@ impl Stack {
             .await
             .expect("fan-out metrics body");
         metric_sum(&text, metric, labels)
+    }
+
+    /// Starts the stack's own fan-out again, on its address (after `kill` or `terminate`).
+    /// A fan-out that cannot bind yet (the port still held for a moment after the kill) exits;
+    /// it is started again, a few times, before the test gives up.
+    pub async fn start_fanout_again(&mut self) {
+        for _ in 0..10 {
+            self.spawn("fanout", &binaries().join("allo-fanout"), &[]);
+            let exited = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let child = self.children.get_mut("fanout");
+                    if let Some(Ok(Some(_))) = child.map(|c| c.try_wait()) {
+                        return;
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(2), exited)
+                .await
+                .is_err()
+            {
+                break; // still running: it bound its port
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.wait_ready(&self.fanout_url.clone()).await;
     }
 
     /// Starts another fan-out replica on its own port; returns (process name, URL).

@@ -4,6 +4,7 @@ mod command_get;
 mod command_post;
 mod conversation_get;
 mod conversation_list;
+pub(crate) mod dev_token;
 mod event_list;
 mod extract;
 mod health;
