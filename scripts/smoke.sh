@@ -15,12 +15,14 @@ free_port() {
   done
 }
 nats_port=$(free_port); pg_port=$(free_port); api_port=$(free_port); fanout_port=$(free_port)
+api_admin_port=$(free_port); fanout_admin_port=$(free_port)
 scratch=$(mktemp -d)
 export ALLO_DATA="$scratch/data" ALLO_PG_DIR="$scratch/pg"
 mkdir -p "$ALLO_PG_DIR"; [ "$(id -u)" -eq 0 ] && chmod 755 "$scratch" && chown postgres "$ALLO_PG_DIR" 2>/dev/null || true
 export ALLO_NATS_URL="nats://127.0.0.1:$nats_port"
 export ALLO_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/allo"
 export ALLO_API_ADDR="127.0.0.1:$api_port" ALLO_FANOUT_ADDR="127.0.0.1:$fanout_port"
+export ALLO_API_ADMIN_ADDR="127.0.0.1:$api_admin_port" ALLO_FANOUT_ADMIN_ADDR="127.0.0.1:$fanout_admin_port"
 export ALLO_JWT_SECRET="smoke-$(date +%s%N)-secret-0123456789"
 
 ensure_node
@@ -45,7 +47,7 @@ bob=$(grep -E '^  bob: ' "$scratch/run.out" | awk '{print $2}')
 node tests/js/smoke.mjs "http://$ALLO_API_ADDR" "http://$ALLO_FANOUT_ADDR" "$alice" "$bob"
 
 kill -TERM "$run_pid"; wait "$run_pid" || true
-for port in "$nats_port" "$pg_port" "$api_port" "$fanout_port"; do
+for port in "$nats_port" "$pg_port" "$api_port" "$fanout_port" "$api_admin_port" "$fanout_admin_port"; do
   for _ in $(seq 1 50); do reachable 127.0.0.1 "$port" || break; sleep 0.2; done
   if reachable 127.0.0.1 "$port"; then log "smoke: something still listens on :$port"; exit 1; fi
 done
