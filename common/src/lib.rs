@@ -10,12 +10,15 @@
 //! - [`subjects`]: every NATS subject and stream name, derived from the subject prefix.
 //! - [`jetstream`]: idempotent stream and consumer provisioning.
 //! - [`db`]: Postgres pool and the embedded migrations.
+//! - [`dead_letters`]: operators' list/show/replay/discard (the workers' CLI and the API's
+//!   admin routes share it).
 //! - [`error`]: domain error codes shared by workers (who find them) and ingress (who maps them).
 
 pub mod auth;
 pub mod command;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod error;
 pub mod event;
 pub mod ids;

@@ -35,7 +35,7 @@ async fn a_dead_letter_is_replayed_once_after_a_fix_or_discarded() {
     let alice = stack.token("alice");
     let send = |text: &str| json!({"conversationID": conv, "message": text});
     let mut poison = Vec::new();
-    for text in ["doomed one", "doomed two"] {
+    for text in ["doomed one", "doomed two", "doomed three"] {
         let sent = stack.post(&alice, "sendMessage", send(text)).await;
         assert_eq!(sent.status, 202, "{:?}", sent.body);
         let command = id(&sent.body, "commandId");
@@ -46,7 +46,7 @@ async fn a_dead_letter_is_replayed_once_after_a_fix_or_discarded() {
 
     let listed = tool(&stack, &["dead-letters", "list"]).await;
     let listed = listed.as_array().expect("a list");
-    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed.len(), 3, "{listed:?}");
     for letter in listed {
         assert_eq!(letter["operation"], "sendMessage");
         // Two deliveries ran it; the third set it aside without running it.
@@ -86,6 +86,54 @@ async fn a_dead_letter_is_replayed_once_after_a_fix_or_discarded() {
     .await
     .expect("messages");
     assert_eq!(bodies, ["doomed one", "after the fix"]);
+
+    // The same over the API, for operators only (role admin): dead letters hold users' commands.
+    let admin = stack.token_with_roles("ops", &["admin"]);
+    let path = format!("/api/admin/dead-letters/{}", poison[2]);
+    for token in [
+        stack.token("bob"),
+        stack.token_with_roles("mia", &["moderator"]),
+    ] {
+        let refused = stack.get(Some(&token), "/api/admin/dead-letters").await;
+        allo_e2e::assert_problem(refused, 403);
+        let refused = stack.get(Some(&token), &path).await;
+        allo_e2e::assert_problem(refused, 403);
+    }
+    let listed = stack.get(Some(&admin), "/api/admin/dead-letters").await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    assert_eq!(
+        listed.body.as_array().map(Vec::len),
+        Some(2),
+        "{:?}",
+        listed.body
+    );
+    let shown = stack.get(Some(&admin), &path).await;
+    assert_eq!(
+        shown.body["command"]["command"]["body"]["content"]["message"],
+        "doomed three"
+    );
+    let post = |path: String| {
+        let request = stack
+            .http
+            .post(format!("{}{path}", stack.api_url))
+            .bearer_auth(&admin);
+        async move { request.send().await.expect("POST") }
+    };
+    let replayed = post(format!("{path}/replay")).await;
+    assert_eq!(replayed.status(), 200);
+    let outcome = stack.outcome(&alice, &poison[2]).await;
+    assert_eq!(outcome["status"], "committed", "{outcome}");
+    assert_eq!(
+        post(format!("{path}/replay")).await.status(),
+        404,
+        "replayed twice"
+    );
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM messages WHERE body = 'doomed three'")
+            .await,
+        1
+    );
 
     // Discarded: gone from the list, still rejected for its sender, never applied.
     let discarded = tool(&stack, &["dead-letters", "discard", &poison[1]]).await;

@@ -22,7 +22,6 @@
 pub mod apply;
 pub mod backlog;
 mod batch;
-pub mod dead_letters;
 pub mod error;
 pub mod messages;
 pub mod polls;

@@ -43,7 +43,7 @@ enum DeadLetterCmd {
 }
 
 async fn dead_letters(settings: &Settings, cmd: DeadLetterCmd) -> anyhow::Result<()> {
-    use allo_workers::dead_letters as dl;
+    use allo_common::dead_letters as dl;
     let db = allo_common::db::connect(settings)
         .await
         .context("connecting to Postgres")?;

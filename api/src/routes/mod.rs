@@ -4,6 +4,7 @@ mod command_get;
 mod command_post;
 mod conversation_get;
 mod conversation_list;
+mod dead_letters;
 pub(crate) mod dev_token;
 mod event_list;
 mod extract;
@@ -48,6 +49,16 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/scheduled", get(scheduled_list::handler))
         .route("/api/moderation/reports", get(report_list::handler))
+        .route("/api/admin/dead-letters", get(dead_letters::list))
+        .route("/api/admin/dead-letters/{id}", get(dead_letters::show))
+        .route(
+            "/api/admin/dead-letters/{id}/replay",
+            post(dead_letters::replay),
+        )
+        .route(
+            "/api/admin/dead-letters/{id}/discard",
+            post(dead_letters::discard),
+        )
         .route("/healthz", get(health::healthz))
 }
 

@@ -1,5 +1,6 @@
-//! Operators' handling of dead letters (`allo-workers dead-letters ...`): list, show, replay
-//! through the normal path, discard.
+//! Operators' handling of dead letters (`allo-workers dead-letters ...` and the API's
+//! `/api/admin/dead-letters` routes, role `admin`): list, show, replay through the normal path,
+//! discard.
 //!
 //! Replay is once: in one transaction it locks the dead letter, removes the `dead_lettered`
 //! rejection (so the worker applies the command again instead of answering "applied before"),
@@ -11,6 +12,9 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+/// The token role that may handle dead letters over the API (they hold users' commands).
+pub const ADMIN_ROLE: &str = "admin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
