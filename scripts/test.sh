@@ -8,8 +8,13 @@ cd "$ALLO_ROOT"
 
 # By default the suite runs on a NATS of its own started from the shipped nats.conf (auth and
 # per-service permissions; passwords generated into .data/nats-secrets.env and exported): every
-# service of every test connects as its own NATS user, the harness as `allo-admin`.
-export ALLO_TEST_NATS_URL="${ALLO_TEST_NATS_URL:-nats://127.0.0.1:4322}"
+# service of every test connects as its own NATS user, the harness as `allo-admin`. On a free
+# port from 4322 up: a server already there (another checkout's) has other passwords.
+if [ -z "${ALLO_TEST_NATS_URL:-}" ]; then
+  nats_port=4322
+  while reachable 127.0.0.1 "$nats_port"; do nats_port=$((nats_port + 1)); done
+  export ALLO_TEST_NATS_URL="nats://127.0.0.1:$nats_port"
+fi
 export ALLO_TEST_DATABASE_URL="${ALLO_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 trap stop_started_services EXIT
 

@@ -830,9 +830,10 @@ impl Stack {
         Refusal(reply.status, code, command_id)
     }
 
-    /// Polls `GET /api/commands/{id}` until the command is no longer `accepted`.
+    /// Polls `GET /api/commands/{id}` until the command is no longer `accepted` (up to 60 s: a
+    /// command dead-lettered after NAK delays, on a loaded machine, takes a while).
     pub async fn outcome(&self, token: &str, command_id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while tokio::time::Instant::now() < deadline {
             let reply = self
                 .get(Some(token), &format!("/api/commands/{command_id}"))
