@@ -7,6 +7,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `ALLO_TEST_NATS_URL` (default
 //! `nats://127.0.0.1:4222`); `scripts/test.sh` starts both when they do not answer.
 
+pub mod cluster;
 pub mod infra;
 pub mod nats_users;
 pub mod privacy;
