@@ -1,12 +1,14 @@
-//! Operators' handling of dead letters (`allo-workers dead-letters ...` and the API's
-//! `/api/admin/dead-letters` routes, role `admin`): list, show, replay through the normal path,
-//! discard.
+//! Operators' handling of dead letters (`allo-workers dead-letters ...`, and `/admin/dead-letters`
+//! on the API's admin listener with a role `admin` token): list, show, replay through the
+//! normal path, discard.
 //!
-//! Replay is once: in one transaction it locks the dead letter, removes the `dead_lettered`
-//! rejection (so the worker applies the command again instead of answering "applied before"),
-//! publishes the stored command under a fresh `Nats-Msg-Id` (the original id may still sit in
-//! the stream's duplicate window), and deletes the dead letter. A second replay finds nothing.
-//! If the publish fails, nothing changed.
+//! Replay applies the command once: it removes the `dead_lettered` rejection (committed first,
+//! so the worker applies the command instead of answering "applied before"), publishes the
+//! stored command under a fresh `Nats-Msg-Id` (the original id may still sit in the stream's
+//! duplicate window), then deletes the dead letter; a later replay finds nothing. If the
+//! publish fails the dead letter stays, to be replayed again. The command keeps its id (its
+//! sender reads the new outcome under it); DESIGN.md asks for a new id linked to the old one,
+//! which is not built.
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use serde_json::{Value, json};
@@ -77,12 +79,14 @@ pub async fn show(db: &PgPool, id: Uuid) -> Result<Value, DeadLetterError> {
         .ok_or(DeadLetterError::NotFound(id))
 }
 
-/// Sends the command back through its pool, once (see the module docs).
+/// Sends the command back through its pool once (see the module docs).
 pub async fn replay(
     db: &PgPool,
     js: &jetstream::Context,
     id: Uuid,
 ) -> Result<Value, DeadLetterError> {
+    // 1. The rejection goes first, committed, so a worker that takes the republished command
+    //    never reads "applied before" from a row we are still deleting.
     let mut tx = db.begin().await?;
     let row: Option<(String, Vec<u8>)> = sqlx::query_as(
         "SELECT subject, payload FROM dead_letters WHERE command_id = $1 FOR UPDATE",
@@ -95,10 +99,10 @@ pub async fn replay(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM dead_letters WHERE command_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    tx.commit().await?;
+    // 2. Publish; 3. forget the dead letter. A crash between them leaves the dead letter, and
+    //    replaying it again is harmless: the command id is a key in `commands`, so the worker
+    //    applies it once however many copies it gets.
     let message = PublishMessage::build()
         .message_id(format!("{id}.replay.{}", Uuid::now_v7()))
         .payload(payload.into());
@@ -107,7 +111,10 @@ pub async fn replay(
         .map_err(|e| DeadLetterError::Publish(e.to_string()))?
         .await
         .map_err(|e| DeadLetterError::Publish(e.to_string()))?;
-    tx.commit().await?;
+    sqlx::query("DELETE FROM dead_letters WHERE command_id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
     Ok(json!({"commandId": id, "subject": subject, "status": "replayed"}))
 }
 

@@ -751,6 +751,12 @@ impl Stack {
         reply(request.send().await.expect("GET")).await
     }
 
+    /// GET on the API's admin listener with a bearer token (the dead-letter routes).
+    pub async fn admin_get_as(&self, token: &str, path: &str) -> Reply {
+        let request = self.http.get(format!("{}{path}", self.api_admin_url));
+        reply(request.bearer_auth(token).send().await.expect("GET")).await
+    }
+
     /// Creates a conversation as `owner` and returns its id (waits for the commit).
     pub async fn create_conversation(&self, owner: &str, kind: &str, others: &[&str]) -> String {
         let reply = self

@@ -87,19 +87,25 @@ async fn a_dead_letter_is_replayed_once_after_a_fix_or_discarded() {
     .expect("messages");
     assert_eq!(bodies, ["doomed one", "after the fix"]);
 
-    // The same over the API, for operators only (role admin): dead letters hold users' commands.
+    // The same over HTTP on the API's admin listener, with an operator's token (role admin):
+    // dead letters hold users' commands. The client port does not serve them at all.
     let admin = stack.token_with_roles("ops", &["admin"]);
-    let path = format!("/api/admin/dead-letters/{}", poison[2]);
+    let path = format!("/admin/dead-letters/{}", poison[2]);
+    assert_eq!(
+        stack.get(Some(&admin), "/admin/dead-letters").await.status,
+        404
+    );
+    assert_eq!(stack.get(Some(&admin), &path).await.status, 404);
     for token in [
         stack.token("bob"),
         stack.token_with_roles("mia", &["moderator"]),
     ] {
-        let refused = stack.get(Some(&token), "/api/admin/dead-letters").await;
+        let refused = stack.admin_get_as(&token, "/admin/dead-letters").await;
         allo_e2e::assert_problem(refused, 403);
-        let refused = stack.get(Some(&token), &path).await;
+        let refused = stack.admin_get_as(&token, &path).await;
         allo_e2e::assert_problem(refused, 403);
     }
-    let listed = stack.get(Some(&admin), "/api/admin/dead-letters").await;
+    let listed = stack.admin_get_as(&admin, "/admin/dead-letters").await;
     assert_eq!(listed.status, 200, "{:?}", listed.body);
     assert_eq!(
         listed.body.as_array().map(Vec::len),
@@ -107,7 +113,7 @@ async fn a_dead_letter_is_replayed_once_after_a_fix_or_discarded() {
         "{:?}",
         listed.body
     );
-    let shown = stack.get(Some(&admin), &path).await;
+    let shown = stack.admin_get_as(&admin, &path).await;
     assert_eq!(
         shown.body["command"]["command"]["body"]["content"]["message"],
         "doomed three"
@@ -115,7 +121,7 @@ async fn a_dead_letter_is_replayed_once_after_a_fix_or_discarded() {
     let post = |path: String| {
         let request = stack
             .http
-            .post(format!("{}{path}", stack.api_url))
+            .post(format!("{}{path}", stack.api_admin_url))
             .bearer_auth(&admin);
         async move { request.send().await.expect("POST") }
     };

@@ -1,5 +1,5 @@
-//! `/api/admin/dead-letters`: the operators' dead-letter routes (role `admin` only; they hold
-//! users' commands): list (`?limit=`), show, replay once, discard. Same code as
+//! `/admin/dead-letters` on the API's admin listener: the operators' dead-letter routes (a
+//! token with role `admin` as well; they hold users' commands): list (`?limit=`), show, replay once, discard. Same code as
 //! `allo-workers dead-letters` (`allo_common::dead_letters`).
 
 use allo_common::dead_letters::{self as dl, ADMIN_ROLE, DeadLetterError};

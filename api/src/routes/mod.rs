@@ -49,26 +49,28 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/scheduled", get(scheduled_list::handler))
         .route("/api/moderation/reports", get(report_list::handler))
-        .route("/api/admin/dead-letters", get(dead_letters::list))
-        .route("/api/admin/dead-letters/{id}", get(dead_letters::show))
-        .route(
-            "/api/admin/dead-letters/{id}/replay",
-            post(dead_letters::replay),
-        )
-        .route(
-            "/api/admin/dead-letters/{id}/discard",
-            post(dead_letters::discard),
-        )
         .route("/healthz", get(health::healthz))
 }
 
 /// The operators' listener (`api_admin_addr`): metrics and readiness, which name internals
-/// (subject prefix, dependency state) that clients have no business reading.
+/// (subject prefix, dependency state) that clients have no business reading, and the
+/// dead-letter routes (bearer token with role `admin`).
 pub fn admin_router() -> Router<AppState> {
     Router::new()
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        // Dead letters hold users' commands: operators only, never on the client port.
+        .route("/admin/dead-letters", get(dead_letters::list))
+        .route("/admin/dead-letters/{id}", get(dead_letters::show))
+        .route(
+            "/admin/dead-letters/{id}/replay",
+            post(dead_letters::replay),
+        )
+        .route(
+            "/admin/dead-letters/{id}/discard",
+            post(dead_letters::discard),
+        )
 }
 
 /// Reads are for participants: 404 if the conversation does not exist, 403 if the caller is
