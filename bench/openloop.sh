@@ -21,6 +21,7 @@
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
 source "$BENCH/../scripts/services.sh"
+source "$BENCH/lib.sh"
 
 rates=100,250,500,1000,1500,2000 step_secs=10 grace_secs=5 systems=allo,node,node-pg
 ingress_secs=5 do_ingress=1 do_ceilings=1
@@ -40,8 +41,6 @@ done
 
 id="$(date +%s)$RANDOM"
 out="$ALLO_DATA/bench/openloop-$id"; mkdir -p "$out"
-# Below the ephemeral range (32768+), where an outgoing connection may hold a port we test as free.
-pick_port() { local p; while :; do p=$((10000 + RANDOM % 20000)); reachable 127.0.0.1 "$p" || { echo "$p"; return; }; done; }
 export ALLO_NATS_URL="${ALLO_NATS_URL:-nats://127.0.0.1:4222}"
 pg_base="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
 allo_db="allo_bench_$id" node_db="allo_bench_node_$id"
@@ -50,11 +49,6 @@ secret="bench-secret-$id-0123456789abcdef" # one secret for every system: the sa
 psql_() { psql "$pg_base/postgres" -v ON_ERROR_STOP=1 -qtAc "$1"; }
 
 pids=() made_dbs=()
-stop_pid() { # SIGTERM, then SIGKILL after 10 s: a stuck server must not hang the bench
-  kill -TERM "$1" 2>/dev/null || return 0
-  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
-  kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true
-}
 cleanup() {
   trap - EXIT INT TERM
   for p in "${pids[@]}"; do stop_pid "$p"; done
@@ -66,22 +60,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits for GET $1 to answer 2xx; fails loudly with the log's tail otherwise.
-wait_ready() {
-  for _ in $(seq 1 150); do curl -fsS "$1" >/dev/null 2>&1 && return 0; kill -0 "$3" 2>/dev/null || break; sleep 0.2; done
-  log "$1 never became ready; last lines of $2:"; tail -n 30 "$2" >&2; exit 1
-}
-# pid of the process listening on a TCP port (the NATS server the stack uses).
-listener_pid() { ss -Hltnp "sport = :$1" | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; }
-
 # --- prerequisites ---------------------------------------------------------------------------
 ensure_node
 command -v wrk >/dev/null || apt_install wrk
 command -v pgbench >/dev/null || apt_install postgresql-client
-for d in node js; do
-  [ "$BENCH/$d/package-lock.json" -ot "$BENCH/$d/node_modules/.package-lock.json" ] ||
-    (cd "$BENCH/$d" && npm ci --no-audit --no-fund --silent)
-done
+npm_ready node js
 ensure_nats "$ALLO_NATS_URL"
 ensure_postgres "$pg_base/postgres"
 nats_pid=$(listener_pid "$(url_port "$ALLO_NATS_URL" 4222)")
@@ -89,10 +72,7 @@ nats_pid=$(listener_pid "$(url_port "$ALLO_NATS_URL" 4222)")
 for db in "$allo_db" "$node_db"; do psql_ "CREATE DATABASE \"$db\""; made_dbs+=("$db"); done
 
 if [[ ",$systems," == *,allo,* ]]; then
-  if [ -n "${ALLO_BIN:-}" ]; then bin=$ALLO_BIN; else
-    log "building allo (release) in $ALLO_ROOT"
-    (cd "$ALLO_ROOT" && cargo build --release --bins -q); bin="$ALLO_ROOT/target/release"
-  fi
+  bin=$(allo_binaries)
 fi
 
 cat <<EOF

@@ -58,7 +58,7 @@ impl AppState {
         js.set_timeout(Duration::from_secs(5));
         allo_common::jetstream::provision(&js, &settings).await?;
         Ok(Self {
-            subjects: Subjects::new(&settings.subject_prefix),
+            subjects: Subjects::of(&settings),
             keys,
             settings: Arc::new(settings),
             db,

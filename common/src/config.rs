@@ -82,8 +82,12 @@ pub struct JetStreamSettings {
     pub ack_wait_secs: u64,
     /// Deliveries that may run a command; the next one dead-letters it without running it.
     pub max_deliver: i64,
-    /// Unacked commands per pool, across all its processes.
+    /// Unacked commands per pool, across all its processes (split evenly over its partitions).
     pub max_ack_pending: i64,
+    /// Partitions per pool: a command's conversation picks one, each has its own consumer, and
+    /// the pool's live processes split them, so at most this many processes of a pool do work.
+    /// Every process must agree; change it only with an empty command backlog (docs/scaling.md).
+    pub partitions: u16,
     /// Largest command backlog kept (all pools); past it ingress answers 503 with
     /// `Retry-After` instead of accepting work it would apply seconds late. 5,000 is about two
     /// seconds of what one worker process drains on 2 cores; raise it with the pool's size.
@@ -190,6 +194,14 @@ pub struct WorkerSettings {
     /// How often each worker process reads every pool's consumer for the backlog gauges
     /// (`allo_pool_*`), the signal to scale a pool on.
     pub backlog_interval_ms: u64,
+    /// How often each worker process tells its pools' other processes it is alive; one silent
+    /// for three of these is taken for gone and its partitions are served by the others.
+    pub heartbeat_ms: u64,
+    /// Split the pool's partitions between its live processes (the default). Off, every
+    /// process serves every partition: still correct (a conversation's row lock and each
+    /// command's key in Postgres order and dedupe), but processes then queue on each other's
+    /// conversation locks instead of adding drain rate.
+    pub split_partitions: bool,
 }
 
 impl Default for Settings {
@@ -215,6 +227,7 @@ impl Default for Settings {
                 ack_wait_secs: 30,
                 max_deliver: 5,
                 max_ack_pending: 2000,
+                partitions: 16,
                 command_max_messages: 5_000,
                 replicas: 1,
             },
@@ -258,6 +271,8 @@ impl Default for Settings {
                 scheduler_batch: 50,
                 metrics_addr: None,
                 backlog_interval_ms: 5000,
+                heartbeat_ms: 1000,
+                split_partitions: true,
             },
             fanout: FanoutSettings {
                 reorder_window_ms: 150,
@@ -322,9 +337,15 @@ impl Settings {
                     .into(),
             ));
         }
-        if self.jetstream.max_deliver < 1 || self.worker.batch_size == 0 {
+        if self.jetstream.max_deliver < 1
+            || self.worker.batch_size == 0
+            || self.worker.heartbeat_ms == 0
+            || !(1..=1024).contains(&self.jetstream.partitions)
+        {
             return Err(ConfigError::Invalid(
-                "jetstream.max_deliver and worker.batch_size must be positive".into(),
+                "jetstream.max_deliver, worker.batch_size and worker.heartbeat_ms must be \
+                 positive and jetstream.partitions 1 to 1024"
+                    .into(),
             ));
         }
         Ok(())

@@ -60,7 +60,7 @@ pub async fn publish_traced(
     if js.client().connection_state() != async_nats::connection::State::Connected {
         return Err(unavailable("command publish", "NATS is not connected"));
     }
-    let subject = subjects.command(envelope.command.operation(), envelope.command_id);
+    let subject = subjects.command(envelope);
     let payload = serde_json::to_vec(envelope).map_err(|e| unavailable("command encoding", e))?;
     let message = PublishMessage::build()
         .headers(trace::headers(envelope.command_id, trace))
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn the_idempotency_stream_keeps_one_fingerprint_per_key_for_the_window() {
         let settings = Settings::default();
-        let subjects = Subjects::new("t-x1");
+        let subjects = Subjects::new("t-x1", 16);
         let config = idempotency_stream_config(&settings, &subjects);
         assert_eq!(config.name, "T_X1_IDEM");
         assert_eq!(config.subjects, vec!["t-x1.idem.*".to_string()]);

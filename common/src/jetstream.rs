@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, consumer, stream};
 
 use crate::config::Settings;
 use crate::ops::Pool;
+use crate::partition::Partition;
 use crate::subjects::Subjects;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,22 +94,30 @@ pub fn rate_stream_config(settings: &Settings, subjects: &Subjects) -> stream::C
     }
 }
 
-/// A pool's durable pull consumer, shared by all its processes. `max_deliver` is one more than
-/// the configured deliveries: the extra delivery only dead-letters the command, so a command
-/// that crashes its worker every time still ends with a readable status.
-pub fn pool_consumer_config(
+/// One partition of a pool: a durable pull consumer, served by one of the pool's processes at a
+/// time (crate::partition). `max_deliver` is one more than the configured deliveries: the
+/// extra delivery only dead-letters the command, so a command that crashes its worker every
+/// time still ends with a readable status. The pool's `max_ack_pending` is split over its
+/// partitions, but never below two pulls' worth.
+pub fn partition_consumer_config(
     settings: &Settings,
     subjects: &Subjects,
     pool: Pool,
+    partition: Partition,
 ) -> consumer::pull::Config {
+    let partitions = i64::from(subjects.partitions());
+    let per_partition = (settings.jetstream.max_ack_pending + partitions - 1) / partitions;
     consumer::pull::Config {
-        durable_name: Some(subjects.pool_consumer(pool)),
-        description: Some(format!("Allo {} pool", pool.as_str())),
-        filter_subject: subjects.pool_commands(pool),
+        durable_name: Some(subjects.partition_consumer(pool, partition)),
+        description: Some(format!(
+            "Allo {} pool, partition {partition}",
+            pool.as_str()
+        )),
+        filter_subject: subjects.partition_commands(pool, partition),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait(),
         max_deliver: settings.jetstream.max_deliver + 1,
-        max_ack_pending: settings.jetstream.max_ack_pending,
+        max_ack_pending: per_partition.max(2 * settings.worker.batch_size as i64),
         deliver_policy: consumer::DeliverPolicy::All,
         ..Default::default()
     }
@@ -143,9 +152,9 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
-/// Creates or updates both streams and every pool consumer.
+/// Creates or updates the streams and every partition consumer of every pool.
 pub async fn provision(js: &jetstream::Context, settings: &Settings) -> Result<(), ProvisionError> {
-    let subjects = Subjects::new(&settings.subject_prefix);
+    let subjects = Subjects::of(settings);
     ensure_stream(js, command_stream_config(settings, &subjects)).await?;
     ensure_stream(js, event_stream_config(settings, &subjects)).await?;
     ensure_stream(js, rate_stream_config(settings, &subjects)).await?;
@@ -154,11 +163,23 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> Result<(
         .await
         .map_err(failed("command stream"))?;
     for pool in Pool::ALL {
-        // On 2.9 creating an existing durable updates it, which is what a restart wants.
-        stream
-            .create_consumer(pool_consumer_config(settings, &subjects, pool))
-            .await
-            .map_err(failed(&format!("consumer {}", pool.as_str())))?;
+        // A work-queue stream refuses overlapping filters: the unpartitioned consumer of
+        // earlier versions goes first (drain before upgrading: docs/scaling.md).
+        let _ = stream
+            .delete_consumer(&subjects.legacy_pool_consumer(pool))
+            .await;
+        for partition in subjects.all_partitions() {
+            // On 2.9 creating an existing durable updates it, which is what a restart wants.
+            stream
+                .create_consumer(partition_consumer_config(
+                    settings, &subjects, pool, partition,
+                ))
+                .await
+                .map_err(failed(&format!(
+                    "consumer {}",
+                    subjects.partition_consumer(pool, partition)
+                )))?;
+        }
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ pub mod ids;
 pub mod ingress;
 pub mod jetstream;
 pub mod ops;
+pub mod partition;
 pub mod subjects;
 pub mod telemetry;
 pub mod text;

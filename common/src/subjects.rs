@@ -1,9 +1,12 @@
 //! Every NATS name Allo uses, derived from the subject prefix so that deployments and test runs
 //! sharing one NATS never see each other. The contract is written up in docs/nats.md.
 
+use crate::command::CommandEnvelope;
+use crate::config::Settings;
 use crate::event::EventType;
 use crate::ids::{CommandId, ConversationId, UserId};
 use crate::ops::{Operation, Pool};
+use crate::partition::{Partition, RouteHash};
 
 /// Checks a prefix: lowercase letters, digits, `_` and `-`, starting with a letter.
 pub fn validate_prefix(prefix: &str) -> Result<(), String> {
@@ -25,14 +28,31 @@ pub fn validate_prefix(prefix: &str) -> Result<(), String> {
 #[derive(Clone, Debug)]
 pub struct Subjects {
     prefix: String,
+    /// Partitions per pool (`jetstream.partitions`): every process must use the same count.
+    partitions: u16,
 }
 
 impl Subjects {
     /// `prefix` must have passed [`validate_prefix`] (config does this at load).
-    pub fn new(prefix: &str) -> Self {
+    pub fn new(prefix: &str, partitions: u16) -> Self {
         Self {
             prefix: prefix.to_string(),
+            partitions: partitions.max(1),
         }
+    }
+
+    /// The names of a deployment, from its settings.
+    pub fn of(settings: &Settings) -> Self {
+        Self::new(&settings.subject_prefix, settings.jetstream.partitions)
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+
+    /// Every partition of a pool.
+    pub fn all_partitions(&self) -> impl Iterator<Item = Partition> + use<> {
+        (0..self.partitions).map(Partition)
     }
 
     pub fn prefix(&self) -> &str {
@@ -67,8 +87,14 @@ impl Subjects {
         self.prefix.to_ascii_uppercase().replace('-', "_")
     }
 
-    /// The durable consumer a pool's processes share.
-    pub fn pool_consumer(&self, pool: Pool) -> String {
+    /// The durable consumer of one partition of a pool: `<pool>-<partition>`.
+    pub fn partition_consumer(&self, pool: Pool, partition: Partition) -> String {
+        format!("{}-{partition}", pool.as_str())
+    }
+
+    /// Before partitions, a pool's one consumer was named after it; provisioning removes it
+    /// (its filter overlaps the partitions', which a work-queue stream refuses).
+    pub fn legacy_pool_consumer(&self, pool: Pool) -> String {
         pool.as_str().to_string()
     }
 
@@ -77,20 +103,41 @@ impl Subjects {
         format!("{}.cmd.>", self.prefix)
     }
 
-    /// `<prefix>.cmd.<pool>.>`: a pool consumer's filter.
+    /// `<prefix>.cmd.<pool>.>`: all of a pool's commands.
     pub fn pool_commands(&self, pool: Pool) -> String {
         format!("{}.cmd.{}.>", self.prefix, pool.as_str())
     }
 
-    /// `<prefix>.cmd.<pool>.<op>.<commandId>`: the id lets ingress find a pending command.
-    pub fn command(&self, op: Operation, id: CommandId) -> String {
+    /// `<prefix>.cmd.<pool>.<partition>.>`: one partition consumer's filter.
+    pub fn partition_commands(&self, pool: Pool, partition: Partition) -> String {
+        format!("{}.cmd.{}.{partition}.>", self.prefix, pool.as_str())
+    }
+
+    /// `<prefix>.cmd.<pool>.<partition>.<op>.<commandId>`; the partition comes from the
+    /// command's conversation ([`RouteHash`]).
+    pub fn command(&self, envelope: &CommandEnvelope) -> String {
+        let op = envelope.command.operation();
+        self.command_in(
+            op,
+            RouteHash::of_command(envelope).partition(self.partitions),
+            envelope.command_id,
+        )
+    }
+
+    /// A command's subject in a given partition.
+    pub fn command_in(&self, op: Operation, partition: Partition, id: CommandId) -> String {
         format!(
-            "{}.cmd.{}.{}.{}",
+            "{}.cmd.{}.{partition}.{}.{id}",
             self.prefix,
             op.pool().as_str(),
             op.as_str(),
-            id
         )
+    }
+
+    /// `<prefix>.wrk.<pool>`: core NATS (not stored) heartbeats of a pool's processes, from
+    /// which each works out the partitions it serves.
+    pub fn pool_members(&self, pool: Pool) -> String {
+        format!("{}.wrk.{}", self.prefix, pool.as_str())
     }
 
     /// `<prefix>.evt.<conversationID>.<type>`
@@ -163,9 +210,14 @@ mod tests {
 
     #[test]
     fn names_derive_from_the_prefix() {
-        let s = Subjects::new("t-1");
+        let s = Subjects::new("t-1", 16);
         assert_eq!(s.command_stream(), "T_1_CMD");
         assert_eq!(s.pool_commands(Pool::Messages), "t-1.cmd.messages.>");
+        assert_eq!(
+            s.partition_commands(Pool::Messages, Partition(3)),
+            "t-1.cmd.messages.3.>"
+        );
+        assert_eq!(s.partition_consumer(Pool::Polls, Partition(15)), "polls-15");
         let user = UserId::parse("a.b").unwrap();
         let subject = s.user(&user, "error");
         assert_eq!(s.parse_user_subject(&subject), Some((user, "error".into())));

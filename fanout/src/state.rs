@@ -44,7 +44,7 @@ pub fn user_room(user: &UserId) -> String {
 
 impl Fanout {
     pub fn new(settings: Settings, keys: TokenKeys, db: PgPool, nats: async_nats::Client) -> Self {
-        let subjects = Subjects::new(&settings.subject_prefix);
+        let subjects = Subjects::of(&settings);
         let feeds = Feeds::new(FeedContext {
             db: db.clone(),
             nats: nats.clone(),

@@ -20,6 +20,8 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use allo_common::ops::Pool;
+
 use allo_common::Settings;
 use allo_common::auth::TokenKeys;
 use allo_common::ids::UserId;
@@ -420,9 +422,8 @@ impl Stack {
     }
 
     /// Starts one more `allo-workers` process with these arguments (e.g. `--pool polls`), on a
-    /// metrics port of its own, and waits until it is pulling: each pool it runs has one more
-    /// waiting pull request on its consumer than before (a check the processes already running
-    /// cannot satisfy).
+    /// metrics port of its own, and waits until it serves some partitions of each pool it runs
+    /// (a check the processes already running cannot satisfy).
     pub async fn start_worker_with(&mut self, args: &[&str]) -> String {
         let name = format!("worker-{}", self.next_worker);
         self.next_worker += 1;
@@ -437,7 +438,6 @@ impl Stack {
                 .to_vec(),
             named => named,
         };
-        let before = self.waiting_pulls(&pools).await;
         let port = free_port();
         let bin = binaries().join("allo-workers");
         self.spawn_with_env(
@@ -452,38 +452,61 @@ impl Stack {
         self.worker_metrics.insert(name.clone(), port);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::time::Instant::now() < deadline {
-            let now = self.waiting_pulls(&pools).await;
-            if self.metrics_of(&name).await.is_some() && now.iter().zip(&before).all(|(n, b)| n > b)
-            {
-                return name;
+            if let Some(text) = self.metrics_of(&name).await {
+                let serving = |pool: &String| {
+                    metric_sum(
+                        &text,
+                        "allo_pool_partitions_served",
+                        &[&format!("pool=\"{pool}\"")],
+                    ) > 0.0
+                };
+                if pools.iter().all(serving) {
+                    return name;
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "{name} did not start pulling {pools:?}; see {}",
+            "{name} did not start serving {pools:?}; see {}",
             self.log_dir.display()
         );
     }
 
-    /// Pull requests waiting on each pool's consumer (0 where the stream or consumer is not
-    /// there yet).
-    async fn waiting_pulls(&self, pools: &[String]) -> Vec<usize> {
+    /// The partitions of `pool` worker `name` serves now (from its metrics).
+    pub async fn partitions_served(&self, name: &str, pool: &str) -> Vec<u16> {
+        let text = self.metrics_of(name).await.unwrap_or_default();
+        let prefix = "allo_pool_partition_served{";
+        let mut served: Vec<u16> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter(|l| l.contains(&format!("pool=\"{pool}\"")))
+            .filter_map(|l| {
+                let (labels, value) = l.rsplit_once(' ')?;
+                let partition = labels.split("partition=\"").nth(1)?.split('"').next()?;
+                (value.trim() == "1").then(|| partition.parse().ok())?
+            })
+            .collect();
+        served.sort_unstable();
+        served
+    }
+
+    /// Commands of `pool` delivered to some worker and not yet acked, over all its partitions.
+    pub async fn commands_in_flight(&self, pool: Pool) -> u64 {
         let js = async_nats::jetstream::new(self.nats.clone());
-        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
-        let mut counts = Vec::with_capacity(pools.len());
-        let mut stream = js.get_stream(subjects.command_stream()).await.ok();
-        for pool in pools {
-            let n = match stream.as_mut() {
-                Some(stream) => stream
-                    .consumer_info(pool)
-                    .await
-                    .map(|i| i.num_waiting)
-                    .unwrap_or(0),
-                None => 0,
-            };
-            counts.push(n);
+        let subjects = allo_common::subjects::Subjects::of(&self.settings);
+        let stream = js
+            .get_stream(subjects.command_stream())
+            .await
+            .expect("command stream");
+        let mut held = 0;
+        for partition in subjects.all_partitions() {
+            held += stream
+                .consumer_info(subjects.partition_consumer(pool, partition))
+                .await
+                .expect("partition consumer")
+                .num_ack_pending as u64;
         }
-        counts
+        held
     }
 
     /// The Prometheus text of worker `name`, or `None` if it does not answer.
@@ -863,7 +886,7 @@ impl Stack {
     /// read: "no stream" must not pass for "nothing pending".
     pub async fn pending_commands(&self) -> u64 {
         let js = async_nats::jetstream::new(self.nats.clone());
-        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
+        let subjects = allo_common::subjects::Subjects::of(&self.settings);
         let mut stream = js
             .get_stream(subjects.command_stream())
             .await
@@ -880,7 +903,7 @@ impl Stack {
     /// whether or not a worker has consumed it since.
     pub async fn commands_published(&self) -> u64 {
         let js = async_nats::jetstream::new(self.nats.clone());
-        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
+        let subjects = allo_common::subjects::Subjects::of(&self.settings);
         let mut stream = js
             .get_stream(subjects.command_stream())
             .await
@@ -986,7 +1009,7 @@ impl Drop for Stack {
         }
         let db_name = self.db_name.clone();
         let admin_url = self.admin_url.clone();
-        let subjects = allo_common::subjects::Subjects::new(&self.settings.subject_prefix);
+        let subjects = allo_common::subjects::Subjects::of(&self.settings);
         let nats = self.nats.clone();
         let db = self.db.clone();
         // Drop cannot await; clean up on a thread with its own runtime.

@@ -178,7 +178,7 @@ impl Stack {
     /// Every message of the event stream, read directly (what any backend subscriber gets).
     async fn find_in_stream(&self, secret: &str, look: &Look<'_>) -> Vec<String> {
         let js = async_nats::jetstream::new(self.nats.clone());
-        let name = Subjects::new(&self.settings.subject_prefix).event_stream();
+        let name = Subjects::of(&self.settings).event_stream();
         let mut stream = js.get_stream(&name).await.expect("event stream");
         let (messages, first, last) = {
             let state = &stream.info().await.expect("event stream info").state;

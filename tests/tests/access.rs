@@ -128,7 +128,7 @@ async fn nats_lets_each_user_do_its_job_and_nothing_more() {
     let published = stack.commands_published().await;
     let forged = json!({"operation": "sendMessage", "actor": "alice"}).to_string();
     let ack = js
-        .publish("allo.cmd.messages.sendMessage.forged", forged.into())
+        .publish("allo.cmd.messages.0.sendMessage.forged", forged.into())
         .await;
     let acked = match ack {
         Ok(ack) => ack.await.is_ok(),

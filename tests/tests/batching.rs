@@ -143,20 +143,17 @@ async fn a_batch_that_fails_as_a_whole_is_settled_one_command_at_a_time() {
         &stack.settings.limits,
     )
     .expect("valid command");
-    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let subjects = allo_common::subjects::Subjects::of(&stack.settings);
     let js = async_nats::jetstream::new(stack.nats.clone());
     for copy in 0..2 {
         let message = PublishMessage::build()
             .message_id(format!("{command_id}-{copy}"))
             .payload(serde_json::to_vec(&envelope).expect("json").into());
-        js.send_publish(
-            subjects.command(envelope.command.operation(), command_id),
-            message,
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+        js.send_publish(subjects.command(&envelope), message)
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
     }
     let others = futures::stream::iter(0..10)
         .then(|i| {

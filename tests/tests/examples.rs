@@ -131,7 +131,7 @@ fn subscriber_counts(v: &Value) -> BTreeMap<String, i64> {
 /// there is no such consumer.
 async fn backlog(stack: &Stack) -> Option<(u64, usize)> {
     let js = async_nats::jetstream::new(stack.nats.clone());
-    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let subjects = allo_common::subjects::Subjects::of(&stack.settings);
     let stream = js
         .get_stream(subjects.event_stream())
         .await

@@ -585,7 +585,7 @@ async fn log_event(stack: &Stack, conv: &str, seq: i64) -> Value {
 
 /// Publishes an event on the conversation's subject, as a worker (or the relay) would.
 async fn publish_event(stack: &Stack, event: &Value) {
-    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let subjects = allo_common::subjects::Subjects::of(&stack.settings);
     let conv = allo_common::ids::ConversationId::parse(event["conversationID"].as_str().unwrap())
         .expect("conversation id");
     stack

@@ -42,7 +42,7 @@ fn message(conv: &str, seq: i64) -> Value {
 
 /// Publishes an event on the conversation's subject, as a worker (or the relay) would.
 async fn publish(stack: &Stack, event: &Value) {
-    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let subjects = allo_common::subjects::Subjects::of(&stack.settings);
     let conv = allo_common::ids::ConversationId::parse(event["conversationID"].as_str().unwrap())
         .expect("conversation id");
     let kind: EventType = serde_json::from_value(event["type"].clone()).expect("event type");

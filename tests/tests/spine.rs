@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use allo_common::command::CommandEnvelope;
+use allo_common::ops::Pool;
+use allo_common::partition::RouteHash;
 use allo_e2e::{SocketClient, Stack, StackOptions};
 use futures::StreamExt;
 use serde_json::json;
@@ -626,12 +628,18 @@ async fn redelivery_after_a_crash_between_commit_and_ack_has_no_second_effect() 
 
     // The "crashing" worker: the real apply path, then nothing (no publish, no ack).
     let js = async_nats::jetstream::new(stack.nats.clone());
-    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let subjects = allo_common::subjects::Subjects::of(&stack.settings);
     let consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_stream(subjects.command_stream())
         .await
         .unwrap()
-        .get_consumer("messages")
+        .get_consumer(
+            &subjects.partition_consumer(
+                Pool::Messages,
+                RouteHash::of(&uuid::Uuid::parse_str(&conversation).unwrap())
+                    .partition(subjects.partitions()),
+            ),
+        )
         .await
         .unwrap();
     let mut batch = consumer
@@ -711,11 +719,13 @@ async fn redelivery_after_a_crash_between_commit_and_ack_has_no_second_effect() 
 
 /// Five users send 40 messages each, all at once, through two worker processes that both
 /// apply some of them: the conversation's seqs are exactly 1..=201, and a listening client gets
-/// every message once.
+/// every message once. The processes do not split the partitions here, so both race on the
+/// one conversation, as they briefly may during a hand-over (tests/scaling.rs).
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_senders_through_two_workers_get_gap_free_seqs() {
     let stack = Stack::start(StackOptions {
         workers: 2,
+        env: vec![("ALLO_WORKER__SPLIT_PARTITIONS".into(), "false".into())],
         ..Default::default()
     })
     .await;
@@ -846,20 +856,28 @@ async fn jetstream_is_provisioned_per_prefix_and_idempotently() {
         events.info().await.unwrap().config.retention,
         async_nats::jetstream::stream::RetentionPolicy::Limits
     );
-    for pool in ["messages", "scheduler", "reports", "polls"] {
-        let consumer = commands
-            .consumer_info(pool)
-            .await
-            .unwrap_or_else(|e| panic!("{pool}: {e}"));
-        assert_eq!(
-            consumer.config.ack_policy,
-            async_nats::jetstream::consumer::AckPolicy::Explicit
-        );
-        assert_eq!(
-            consumer.config.filter_subject,
-            format!("{}.cmd.{pool}.>", stack.settings.subject_prefix)
-        );
-        assert!(consumer.config.max_deliver > 0 && consumer.config.max_ack_pending > 0);
+    let subjects = allo_common::subjects::Subjects::of(&stack.settings);
+    for pool in Pool::ALL {
+        for partition in subjects.all_partitions() {
+            let name = subjects.partition_consumer(pool, partition);
+            let consumer = commands
+                .consumer_info(&name)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                consumer.config.ack_policy,
+                async_nats::jetstream::consumer::AckPolicy::Explicit
+            );
+            assert_eq!(
+                consumer.config.filter_subject,
+                format!(
+                    "{}.cmd.{}.{partition}.>",
+                    stack.settings.subject_prefix,
+                    pool.as_str()
+                )
+            );
+            assert!(consumer.config.max_deliver > 0 && consumer.config.max_ack_pending > 0);
+        }
     }
     assert!(
         stack.terminate("worker-0").await,
@@ -902,11 +920,14 @@ async fn commands_that_keep_failing_are_dead_lettered_with_a_readable_status() {
         .await;
     assert_eq!(sent.status, 202);
     let command_id = sent.body["commandId"].as_str().unwrap().to_string();
-    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
+    let subjects = allo_common::subjects::Subjects::of(&stack.settings);
     let js = async_nats::jetstream::new(stack.nats.clone());
     let poison_id = uuid::Uuid::now_v7();
     js.publish(
-        format!("{}.cmd.messages.sendMessage.{poison_id}", subjects.prefix()),
+        format!(
+            "{}.cmd.messages.0.sendMessage.{poison_id}",
+            subjects.prefix()
+        ),
         "{\"not\": \"a command\"}".into(),
     )
     .await
@@ -1440,17 +1461,10 @@ async fn a_terminated_worker_hands_back_what_it_has_not_started() {
         assert_eq!(reply.status, 202);
     }
     // The worker holds more than one batch: some blocked mid-apply, some not started.
-    let js = async_nats::jetstream::new(stack.nats.clone());
-    let subjects = allo_common::subjects::Subjects::new(&stack.settings.subject_prefix);
-    let stream = js.get_stream(subjects.command_stream()).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut held = 0;
     while tokio::time::Instant::now() < deadline {
-        held = stream
-            .consumer_info("messages")
-            .await
-            .unwrap()
-            .num_ack_pending;
+        held = stack.commands_in_flight(Pool::Messages).await;
         if held > 4 {
             break;
         }

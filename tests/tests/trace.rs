@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use allo_common::ids::CommandId;
 use allo_common::ops::Operation;
+use allo_common::partition::RouteHash;
 use allo_common::subjects::Subjects;
 use allo_common::trace::{COMMAND_ID, TRACEPARENT, TraceContext};
 use allo_e2e::{Stack, StackOptions, id};
@@ -17,15 +18,21 @@ fn header(headers: &async_nats::HeaderMap, name: &str) -> Option<String> {
 
 /// The command message as the API stored it on the command stream (read before a worker
 /// takes it: the stream is a work queue).
-async fn command_message(stack: &Stack, command_id: &str) -> async_nats::HeaderMap {
+async fn command_message(
+    stack: &Stack,
+    conversation: &str,
+    command_id: &str,
+) -> async_nats::HeaderMap {
     let js = async_nats::jetstream::new(stack.nats.clone());
-    let subjects = Subjects::new(&stack.settings.subject_prefix);
+    let subjects = Subjects::of(&stack.settings);
     let stream = js
         .get_stream(subjects.command_stream())
         .await
         .expect("command stream");
-    let subject = subjects.command(
+    let conversation = uuid::Uuid::parse_str(conversation).expect("conversation id");
+    let subject = subjects.command_in(
         Operation::SendMessage,
+        RouteHash::of(&conversation).partition(subjects.partitions()),
         CommandId::parse(command_id).expect("command id"),
     );
     stream
@@ -38,7 +45,7 @@ async fn command_message(stack: &Stack, command_id: &str) -> async_nats::HeaderM
 /// The last event of `kind` in the conversation, as stored on the event stream.
 async fn event_message(stack: &Stack, conversation: &str, kind: &str) -> async_nats::HeaderMap {
     let js = async_nats::jetstream::new(stack.nats.clone());
-    let subjects = Subjects::new(&stack.settings.subject_prefix);
+    let subjects = Subjects::of(&stack.settings);
     let stream = js
         .get_stream(subjects.event_stream())
         .await
@@ -101,7 +108,7 @@ async fn a_command_is_followed_by_its_trace_from_ingress_to_worker_to_fanout() {
         .await;
     assert_eq!(reply.status, 202, "{:?}", reply.body);
     let command_id = id(&reply.body, "commandId");
-    let stored = command_message(&stack, &command_id).await;
+    let stored = command_message(&stack, &conversation, &command_id).await;
     assert_eq!(header(&stored, COMMAND_ID), Some(command_id.clone()));
     let on_command = header(&stored, TRACEPARENT)
         .and_then(|h| TraceContext::parse(&h))
@@ -157,7 +164,7 @@ async fn a_command_is_followed_by_its_trace_from_ingress_to_worker_to_fanout() {
             )
             .await;
         assert_eq!(reply.status, 202, "{:?}", reply.body);
-        let stored = command_message(&stack, &id(&reply.body, "commandId")).await;
+        let stored = command_message(&stack, &conversation, &id(&reply.body, "commandId")).await;
         let started = header(&stored, TRACEPARENT)
             .and_then(|h| TraceContext::parse(&h))
             .expect("a started trace");

@@ -43,26 +43,33 @@ pub async fn run(
 async fn read_all(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<()> {
     let stream = js.get_stream_no_info(subjects.command_stream()).await?;
     for pool in Pool::ALL {
-        let info = stream.consumer_info(subjects.pool_consumer(pool)).await?;
-        let label = pool.as_str();
-        metrics::gauge!("allo_pool_commands_waiting", "pool" => label).set(info.num_pending as f64);
-        metrics::gauge!("allo_pool_commands_in_flight", "pool" => label)
-            .set(info.num_ack_pending as f64);
-        metrics::gauge!("allo_pool_redelivered", "pool" => label).set(info.num_redelivered as f64);
-        let oldest = if info.num_pending == 0 {
-            0.0
-        } else {
-            // The first of the pool's commands after the last one delivered.
-            let next = stream
-                .raw_message_builder()
-                .sequence(info.delivered.stream_sequence + 1)
-                .next_by_subject(subjects.pool_commands(pool))
-                .send()
+        let (mut waiting, mut in_flight, mut redelivered) = (0, 0, 0);
+        let mut oldest_ns: Option<i128> = None;
+        for partition in subjects.all_partitions() {
+            let info = stream
+                .consumer_info(subjects.partition_consumer(pool, partition))
                 .await?;
-            let stored_ns = next.time.unix_timestamp_nanos();
-            let now_ns = i128::from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
-            ((now_ns - stored_ns).max(0) as f64) / 1e9
-        };
+            waiting += info.num_pending;
+            in_flight += info.num_ack_pending;
+            redelivered += info.num_redelivered;
+            if info.num_pending > 0 {
+                // The first of the partition's commands after the last one delivered.
+                let next = stream
+                    .raw_message_builder()
+                    .sequence(info.delivered.stream_sequence + 1)
+                    .next_by_subject(subjects.partition_commands(pool, partition))
+                    .send()
+                    .await?;
+                let stored = next.time.unix_timestamp_nanos();
+                oldest_ns = Some(oldest_ns.map_or(stored, |o| o.min(stored)));
+            }
+        }
+        let label = pool.as_str();
+        metrics::gauge!("allo_pool_commands_waiting", "pool" => label).set(waiting as f64);
+        metrics::gauge!("allo_pool_commands_in_flight", "pool" => label).set(in_flight as f64);
+        metrics::gauge!("allo_pool_redelivered", "pool" => label).set(redelivered as f64);
+        let now_ns = i128::from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
+        let oldest = oldest_ns.map_or(0.0, |o| ((now_ns - o).max(0) as f64) / 1e9);
         metrics::gauge!("allo_pool_oldest_waiting_seconds", "pool" => label).set(oldest);
     }
     Ok(())

@@ -23,10 +23,13 @@ pub mod apply;
 pub mod backlog;
 mod batch;
 pub mod error;
+mod membership;
 pub mod messages;
+mod partitions;
 pub mod polls;
 pub mod pool;
 pub mod publish;
+mod pull;
 pub mod relay;
 pub mod reports;
 pub mod scheduler;
@@ -98,7 +101,7 @@ pub async fn run(
     }
     tokio::spawn(backlog::run(
         js.clone(),
-        allo_common::subjects::Subjects::new(&settings.subject_prefix),
+        allo_common::subjects::Subjects::of(&settings),
         std::time::Duration::from_millis(settings.worker.backlog_interval_ms.max(100)),
         shutdown.clone(),
     ));

@@ -1,12 +1,12 @@
-//! The pull loop a pool's processes share, and the lanes it feeds.
+//! A pool in one process: the partitions it serves, and the lanes they feed.
 //!
-//! One task pulls the pool's commands and routes each to a lane by its conversation; each lane
-//! applies whatever has arrived for it (up to `batch_size`) as one batch, one batch at a time.
-//! So a conversation's commands are applied by one lane in stream order and batches in one
-//! process never wait on each other's conversation locks (see [`crate::batch`] for a batch).
+//! The pool's live processes split its partitions (crate::membership); a task per partition
+//! served pulls its commands and routes each to a lane by its conversation (crate::pull); each
+//! lane applies whatever has arrived for it (up to `batch_size`) as one batch, one batch at a
+//! time. So a conversation's commands are applied by one lane of one process in stream order,
+//! and batches never wait on each other's conversation locks (see [`crate::batch`]).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,20 +19,15 @@ use allo_common::ops::Pool;
 use allo_common::subjects::Subjects;
 use anyhow::Context;
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::apply::Applied;
 use crate::apply::PublishedMark;
 use crate::batch::{Marks, Settlement, take_marks};
+use crate::membership::Membership;
+use crate::partitions::Served;
 use crate::publish::Publisher;
-
-/// How long, at shutdown, the pull is read out for commands already delivered to this process.
-const HAND_BACK_DRAIN: Duration = Duration::from_millis(250);
-
-/// How long a handed-back command waits before it is delivered again.
-const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Committed batches a lane may have waiting for their publish.
 const SETTLE_QUEUE: usize = 4;
@@ -69,12 +64,14 @@ struct Inner {
     held: std::sync::Mutex<HashMap<u64, jetstream::Message>>,
     /// Set while a batch is waiting for Postgres to come back.
     db_away: AtomicBool,
+    /// This process among its pools' members (crate::membership).
+    instance: String,
 }
 
 impl Worker {
     pub fn new(settings: Arc<Settings>, db: PgPool, nats: async_nats::Client) -> Self {
         let js = jetstream::new(nats.clone());
-        let subjects = Subjects::new(&settings.subject_prefix);
+        let subjects = Subjects::of(&settings);
         let publisher = Publisher::new(js.clone(), subjects.clone());
         // Bounded: if marking falls behind, publishing waits rather than memory growing.
         let (published, marks) = mpsc::channel(10_000);
@@ -90,6 +87,7 @@ impl Worker {
                 published,
                 held: Default::default(),
                 db_away: AtomicBool::new(false),
+                instance: uuid::Uuid::now_v7().to_string(),
             }),
         }
     }
@@ -99,25 +97,26 @@ impl Worker {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    /// Pulls and handles the pool's commands until `shutdown`; then hands back (nak) whatever
-    /// it holds but has not started, and finishes the batches under way.
+    /// Handles the pool's commands until `shutdown`: serves the partitions its share of the
+    /// pool's members gives it (crate::membership), each pulled into the lanes by its own task
+    /// (crate::pull). At shutdown it closes every pull, hands back what it holds but has not
+    /// started, and finishes the batches under way.
     pub async fn run_pool(
         &self,
         pool: Pool,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let me = &self.inner;
-        let consumer: jetstream::consumer::PullConsumer = me
+        let stream = me
             .js
             .get_stream(me.subjects.command_stream())
             .await
-            .context("command stream")?
-            .get_consumer(&me.subjects.pool_consumer(pool))
-            .await
-            .map_err(|e| anyhow::anyhow!("pool consumer: {e}"))?;
+            .context("command stream")?;
         let batch_size = me.settings.worker.batch_size;
-        // Unbounded queues, bounded all the same: the consumer's `max_ack_pending` caps what
-        // this pool holds unacked, and a full lane must not stop the pull for the others.
+        let every = Duration::from_millis(me.settings.worker.heartbeat_ms);
+        let (hand_back_tx, hand_back) = watch::channel(false);
+        // Unbounded queues, bounded all the same: the partition consumers' `max_ack_pending`
+        // caps what this pool holds unacked, and a full lane must not stop the pulls.
         let (lanes, mut lane_tasks): (Vec<_>, tokio::task::JoinSet<()>) = {
             let mut tasks = tokio::task::JoinSet::new();
             let senders = (0..me.settings.worker.concurrency.max(1))
@@ -132,7 +131,7 @@ impl Worker {
                         settle_tx,
                         marks.clone(),
                         batch_size,
-                        shutdown.clone(),
+                        hand_back.clone(),
                     ));
                     tasks.spawn(self.clone().run_settle(settle_rx, marks));
                     tx
@@ -141,66 +140,45 @@ impl Worker {
             (senders, tasks)
         };
         let keepalive = tokio::spawn(self.clone().keep_alive_while_db_away());
-        tracing::info!(pool = pool.as_str(), lanes = lanes.len(), "pool started");
-        while !*shutdown.borrow() {
-            let messages = match consumer
-                .stream()
-                .max_messages_per_batch(batch_size)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
+        tracing::info!(pool = pool.as_str(), lanes = lanes.len(), instance = %me.instance, "pool started");
+        let mut served = Served::new(pool);
+        let mut membership = None;
+        if me.settings.worker.split_partitions {
+            match Membership::join(
+                me.nats.clone(),
+                &me.subjects,
+                pool,
+                me.instance.clone(),
+                every,
+            )
+            .await
             {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, pool = pool.as_str(), "pull failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                Ok(mut m) => {
+                    self.serve_share(&mut served, &mut m, &stream, &lanes, &mut shutdown)
+                        .await;
+                    membership = Some(m);
                 }
-            };
-            let mut messages = std::pin::pin!(messages);
-            let mut stop = shutdown.clone();
-            loop {
-                let msg = tokio::select! {
-                    msg = messages.next() => Some(msg),
-                    _ = stop.wait_for(|s| *s) => None,
-                };
-                let Some(msg) = msg else {
-                    // What the pull already delivered to this process goes back now, not
-                    // after ack_wait: read it out for a moment and nak it.
-                    // At most what the open pull requests can have sent us: past that the
-                    // stream would only be pulling new work to hand straight back.
-                    let mut left = 2 * batch_size;
-                    while left > 0
-                        && let Ok(Some(msg)) =
-                            tokio::time::timeout(HAND_BACK_DRAIN, messages.next()).await
-                    {
-                        left -= 1;
-                        if let Ok(msg) = msg {
-                            hand_back(&msg).await;
-                        }
-                    }
-                    break;
-                };
-                let msg = match msg {
-                    None => break,
-                    Some(Ok(msg)) => msg,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "pull stream error");
-                        continue;
-                    }
-                };
-                self.hold(&msg);
-                let delivery = decode(msg);
-                let lane = lane_of(&delivery, lanes.len());
-                if let Err(mpsc::error::SendError(d)) = lanes[lane].send(delivery) {
-                    self.release(&d.msg);
-                    hand_back(&d.msg).await;
+                Err(e) => {
+                    // Correct without the split, only without its gain.
+                    tracing::error!(error = %e, "cannot follow the pool's members; serving every partition");
+                    self.serve_all(&mut served, &stream, &lanes, &mut shutdown)
+                        .await;
                 }
             }
+        } else {
+            self.serve_all(&mut served, &stream, &lanes, &mut shutdown)
+                .await;
         }
+        // Close every pull (handing back what each had just been sent), and only then hand back
+        // what the lanes hold: a command handed back earlier could come back to an open pull.
+        // Only once all that is settled do the others hear we are leaving and take over.
+        served.close_all().await;
+        let _ = hand_back_tx.send(true);
         drop(lanes);
         while lane_tasks.join_next().await.is_some() {}
+        if let Some(m) = membership {
+            m.beat(&[], true).await;
+        }
         keepalive.abort();
         tracing::info!(pool = pool.as_str(), "pool stopped");
         Ok(())
@@ -214,7 +192,7 @@ impl Worker {
         settle: mpsc::Sender<Settlement>,
         marks: Marks,
         batch_size: usize,
-        shutdown: watch::Receiver<bool>,
+        hand_back: watch::Receiver<bool>,
     ) {
         let mut batch = Vec::with_capacity(batch_size);
         loop {
@@ -235,10 +213,10 @@ impl Worker {
             if received == 0 {
                 break;
             }
-            if *shutdown.borrow() {
+            if *hand_back.borrow() {
                 for delivery in batch.drain(..) {
                     self.release(&delivery.msg);
-                    hand_back(&delivery.msg).await;
+                    crate::pull::hand_back(&delivery.msg).await;
                 }
                 continue;
             }
@@ -308,7 +286,7 @@ impl Worker {
         }
     }
 
-    fn hold(&self, msg: &jetstream::Message) {
+    pub(crate) fn hold(&self, msg: &jetstream::Message) {
         if let (Ok(info), Ok(mut held)) = (msg.info(), self.inner.held.lock()) {
             held.insert(info.stream_sequence, msg.clone());
         }
@@ -347,6 +325,10 @@ impl Worker {
         }
     }
 
+    pub(crate) fn subjects(&self) -> &Subjects {
+        &self.inner.subjects
+    }
+
     pub(crate) fn publisher(&self) -> &Publisher {
         &self.inner.publisher
     }
@@ -358,38 +340,6 @@ impl Worker {
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
     }
-}
-
-fn decode(msg: jetstream::Message) -> Delivery {
-    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-    let envelope = serde_json::from_slice::<CommandEnvelope>(&msg.payload)
-        .map_err(|e| format!("undecodable command: {e}"));
-    Delivery {
-        msg,
-        envelope,
-        delivered,
-    }
-}
-
-/// The lane a delivery belongs to: by its conversation, so one lane applies all of a
-/// conversation's commands (commands without one, by their id).
-fn lane_of(delivery: &Delivery, lanes: usize) -> usize {
-    let mut hasher = std::hash::DefaultHasher::new();
-    match &delivery.envelope {
-        Ok(e) => match e.command.conversation_id() {
-            Some(c) => c.hash(&mut hasher),
-            None => e.command_id.hash(&mut hasher),
-        },
-        Err(_) => 0.hash(&mut hasher),
-    }
-    (hasher.finish() % lanes.max(1) as u64) as usize
-}
-
-/// Hands a command back to the stream at shutdown so another process takes it. After a
-/// second, not at once: this process's pull is still open while it drains, and the server
-/// would give the command straight back to it.
-async fn hand_back(msg: &jetstream::Message) {
-    let _ = msg.ack_with(AckKind::Nak(Some(HAND_BACK_DELAY))).await;
 }
 
 /// Marks published events in batches: one UPDATE per batch instead of one per event. A mark

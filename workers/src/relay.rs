@@ -29,7 +29,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(settings: Arc<Settings>, db: PgPool, nats: async_nats::Client) -> Self {
-        let subjects = Subjects::new(&settings.subject_prefix);
+        let subjects = Subjects::of(&settings);
         let js = async_nats::jetstream::new(nats);
         let eraser = StreamEraser::new(settings.clone(), db.clone(), js.clone());
         let publisher = Publisher::new(js, subjects);

@@ -35,7 +35,7 @@ pub struct StreamEraser {
 
 impl StreamEraser {
     pub fn new(settings: Arc<Settings>, db: PgPool, js: jetstream::Context) -> Self {
-        let subjects = Subjects::new(&settings.subject_prefix);
+        let subjects = Subjects::of(&settings);
         Self {
             settings,
             db,

@@ -1,0 +1,146 @@
+//! One partition's pull loop: what this process takes from a partition consumer while it
+//! serves that partition (crate::membership decides which), routed to the pool's lanes.
+
+use std::time::Duration;
+
+use allo_common::partition::{Partition, RouteHash};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::pool::{Delivery, Worker};
+
+/// How long, when a pull stops, it is read out for commands already delivered to it.
+const READ_OUT: Duration = Duration::from_millis(250);
+
+/// Why a partition's pull stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Keep pulling.
+    No,
+    /// Another process serves the partition now: what was delivered here is still applied
+    /// here, so the partition's commands stay in order.
+    Released,
+    /// The process is stopping: what was delivered here goes back to the stream.
+    Shutdown,
+}
+
+impl Worker {
+    /// Pulls `partition` into `lanes` until told to stop. A partition that was just served by
+    /// another process is pulled only once that process has settled what it held (or after
+    /// `settle_wait`, if it died holding it), so a hand-over never reorders a conversation.
+    pub(crate) async fn pull_partition(
+        self,
+        consumer: jetstream::consumer::PullConsumer,
+        partition: Partition,
+        lanes: Vec<mpsc::UnboundedSender<Delivery>>,
+        mut stop: watch::Receiver<Stop>,
+        settle_wait: Duration,
+    ) {
+        let batch_size = self.settings().worker.batch_size;
+        self.wait_settled(&consumer, settle_wait, &mut stop).await;
+        while *stop.borrow() == Stop::No {
+            let messages = match consumer
+                .stream()
+                .max_messages_per_batch(batch_size)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, %partition, "pull failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // Boxed, so that dropping it closes the pull (unsubscribes) there and then.
+            let mut messages = Box::pin(messages);
+            loop {
+                let msg = tokio::select! {
+                    msg = messages.next() => Some(msg),
+                    _ = stop.wait_for(|s| *s != Stop::No) => None,
+                };
+                let Some(msg) = msg else {
+                    // What the open pull already sent us: at most what it requested.
+                    let mut left = 2 * batch_size;
+                    let mut delivered = Vec::new();
+                    while left > 0
+                        && let Ok(Some(msg)) = tokio::time::timeout(READ_OUT, messages.next()).await
+                    {
+                        left -= 1;
+                        if let Ok(msg) = msg {
+                            delivered.push(msg);
+                        }
+                    }
+                    // Closing the pull first: nothing handed back can come back to it.
+                    drop(messages);
+                    let why = *stop.borrow();
+                    for msg in delivered {
+                        if why == Stop::Shutdown {
+                            hand_back(&msg).await;
+                        } else {
+                            self.route(msg, &lanes).await;
+                        }
+                    }
+                    return;
+                };
+                match msg {
+                    None => break,
+                    Some(Ok(msg)) => self.route(msg, &lanes).await,
+                    Some(Err(e)) => tracing::warn!(error = %e, %partition, "pull stream error"),
+                }
+            }
+        }
+    }
+
+    /// Sends a pulled command to its conversation's lane.
+    async fn route(&self, msg: jetstream::Message, lanes: &[mpsc::UnboundedSender<Delivery>]) {
+        self.hold(&msg);
+        let delivery = decode(msg);
+        let lane = match &delivery.envelope {
+            Ok(e) => RouteHash::of_command(e).lane(lanes.len()),
+            Err(_) => 0,
+        };
+        if let Err(mpsc::error::SendError(d)) = lanes[lane].send(delivery) {
+            self.release(&d.msg);
+            hand_back(&d.msg).await;
+        }
+    }
+
+    /// Waits until nothing of the partition is delivered and unacked, at most `limit`.
+    async fn wait_settled(
+        &self,
+        consumer: &jetstream::consumer::PullConsumer,
+        limit: Duration,
+        stop: &mut watch::Receiver<Stop>,
+    ) {
+        let mut consumer = consumer.clone();
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline && *stop.borrow() == Stop::No {
+            match consumer.info().await {
+                Ok(info) if info.num_ack_pending == 0 => return,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "consumer info"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub(crate) fn decode(msg: jetstream::Message) -> Delivery {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let envelope =
+        serde_json::from_slice(&msg.payload).map_err(|e| format!("undecodable command: {e}"));
+    Delivery {
+        msg,
+        envelope,
+        delivered,
+    }
+}
+
+/// Hands a command back to the stream, for whichever process serves its partition next.
+pub(crate) async fn hand_back(msg: &jetstream::Message) {
+    let _ = msg.ack_with(AckKind::Nak(None)).await;
+}
