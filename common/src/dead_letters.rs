@@ -40,8 +40,8 @@ type Row = (
 fn summary((id, subject, payload, deliveries, error, at): &Row, with_command: bool) -> Value {
     let mut v = json!({
         "commandId": id,
-        // `<prefix>.cmd.<pool>.<operation>.<id>`
-        "operation": subject.split('.').nth(3),
+        // `<prefix>.cmd.<pool>.<partition>.<operation>.<id>`
+        "operation": subject.split('.').nth(4),
         "subject": subject,
         "deliveries": deliveries,
         "error": error,

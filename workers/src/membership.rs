@@ -9,7 +9,7 @@
 //! partition may briefly wait, or (after a crash) be served twice, which is safe: a
 //! conversation's row lock and each command's key in Postgres still apply commands once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use allo_common::ops::Pool;
@@ -31,6 +31,15 @@ struct Beat {
     leaving: bool,
 }
 
+/// How a live peer gave a partition up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HandOver {
+    /// It serves on and applies what its pull had been sent.
+    Released,
+    /// It stopped and handed back what it held.
+    Left,
+}
+
 struct Peer {
     heard: Instant,
     serving: Vec<Partition>,
@@ -44,9 +53,9 @@ pub(crate) struct Membership {
     gone_after: Duration,
     peers: HashMap<String, Peer>,
     beats: async_nats::Subscriber,
-    /// Partitions a live peer stopped serving (released, or left with): what it held there is
-    /// still being settled, so they are taken only once that is done.
-    handed_over: HashSet<Partition>,
+    /// Partitions a live peer gave up, and whether it left (handing back what it held) or
+    /// released them (applying what it held): taken only once that is settled.
+    handed_over: HashMap<Partition, HandOver>,
 }
 
 impl Membership {
@@ -67,7 +76,7 @@ impl Membership {
             gone_after: every * MISSED_BEATS,
             peers: HashMap::new(),
             beats,
-            handed_over: HashSet::new(),
+            handed_over: HashMap::new(),
         };
         membership.beat(&[], false).await;
         Ok(membership)
@@ -114,10 +123,19 @@ impl Membership {
             beat.serving.clone()
         };
         if let Some(before) = &before {
-            self.handed_over
-                .extend(before.iter().filter(|p| !now.contains(p)));
+            let how = if beat.leaving {
+                HandOver::Left
+            } else {
+                HandOver::Released
+            };
+            self.handed_over.extend(
+                before
+                    .iter()
+                    .filter(|p| !now.contains(p))
+                    .map(|p| (*p, how)),
+            );
         }
-        self.handed_over.retain(|p| !now.contains(p));
+        self.handed_over.retain(|p, _| !now.contains(p));
         if beat.leaving {
             self.peers.remove(&beat.id);
             return false;
@@ -160,9 +178,8 @@ impl Membership {
         self.peers.values().any(|p| p.serving.contains(&partition))
     }
 
-    /// Whether `partition` was just handed over by a live member (its commands in flight are
-    /// still being settled); forgets it.
-    pub(crate) fn take_handed_over(&mut self, partition: Partition) -> bool {
+    /// How `partition` was just given up by a live member, if it was; forgets it.
+    pub(crate) fn take_handed_over(&mut self, partition: Partition) -> Option<HandOver> {
         self.handed_over.remove(&partition)
     }
 

@@ -16,9 +16,9 @@ use async_nats::jetstream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::membership::Membership;
+use crate::membership::{HandOver, Membership};
 use crate::pool::{Delivery, Worker};
-use crate::pull::Stop;
+use crate::pull::{Settle, Stop};
 
 /// How long a starting process listens for the others before it takes its share.
 const FIRST_LISTEN: Duration = Duration::from_millis(300);
@@ -78,21 +78,20 @@ impl Served {
 }
 
 impl Worker {
-    /// Starts pulling `partition` into `lanes`, once nothing of it is in flight if `settled`
-    /// is set (a live process just gave it up).
+    /// Starts pulling `partition` into `lanes`, once what its last server held is settled.
     fn start_pull(
         &self,
         served: &mut Served,
         consumer: jetstream::consumer::PullConsumer,
         partition: Partition,
         lanes: &[mpsc::UnboundedSender<Delivery>],
-        settle_wait: Duration,
+        settle: Settle,
     ) {
         let (stop, stop_rx) = watch::channel(Stop::No);
         let done = served.done.0.clone();
         let pull =
             self.clone()
-                .pull_partition(consumer, partition, lanes.to_vec(), stop_rx, settle_wait);
+                .pull_partition(consumer, partition, lanes.to_vec(), stop_rx, settle);
         let task = tokio::spawn(async move {
             pull.await;
             let _ = done.send(partition);
@@ -114,7 +113,7 @@ impl Worker {
                 .partition_consumer(stream, served.pool, partition)
                 .await
             {
-                self.start_pull(served, consumer, partition, lanes, Duration::ZERO);
+                self.start_pull(served, consumer, partition, lanes, Settle::Nothing);
             }
         }
         served.gauges();
@@ -161,10 +160,10 @@ impl Worker {
                     else {
                         continue;
                     };
-                    let wait = if membership.take_handed_over(partition) {
-                        ack_wait
-                    } else {
-                        Duration::ZERO
+                    let wait = match membership.take_handed_over(partition) {
+                        Some(HandOver::Released) => Settle::InFlight(ack_wait),
+                        Some(HandOver::Left) => Settle::HandedBack,
+                        None => Settle::Nothing,
                     };
                     self.start_pull(served, consumer, partition, lanes, wait);
                 }

@@ -214,6 +214,7 @@ impl Worker {
                 break;
             }
             if *hand_back.borrow() {
+                tracing::info!(commands = batch.len(), "handing back commands not started");
                 for delivery in batch.drain(..) {
                     self.release(&delivery.msg);
                     crate::pull::hand_back(&delivery.msg).await;

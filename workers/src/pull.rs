@@ -25,20 +25,40 @@ pub(crate) enum Stop {
     Shutdown,
 }
 
+/// What a process taking a partition over waits for before it pulls, so that it never
+/// overtakes commands the previous one still holds or has handed back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Nobody served it (or its server vanished): pull at once.
+    Nothing,
+    /// A live process gave it up and is applying what it was sent: wait until nothing is in
+    /// flight, at most this long.
+    InFlight(Duration),
+    /// Its server stopped and handed back what it held: wait until that is deliverable again
+    /// (redeliveries then come before new commands).
+    HandedBack,
+}
+
 impl Worker {
-    /// Pulls `partition` into `lanes` until told to stop. A partition that was just served by
-    /// another process is pulled only once that process has settled what it held (or after
-    /// `settle_wait`, if it died holding it), so a hand-over never reorders a conversation.
+    /// Pulls `partition` into `lanes` until told to stop. A partition just served by another
+    /// process is pulled only once what that process held is settled or deliverable again
+    /// (`settle`), so a hand-over never reorders a conversation.
     pub(crate) async fn pull_partition(
         self,
         consumer: jetstream::consumer::PullConsumer,
         partition: Partition,
         lanes: Vec<mpsc::UnboundedSender<Delivery>>,
         mut stop: watch::Receiver<Stop>,
-        settle_wait: Duration,
+        settle: Settle,
     ) {
         let batch_size = self.settings().worker.batch_size;
-        self.wait_settled(&consumer, settle_wait, &mut stop).await;
+        match settle {
+            Settle::Nothing => {}
+            Settle::InFlight(limit) => self.wait_settled(&consumer, limit, &mut stop).await,
+            Settle::HandedBack => {
+                tokio::time::sleep(HAND_BACK_DELAY + Duration::from_millis(250)).await;
+            }
+        }
         while *stop.borrow() == Stop::No {
             let messages = match consumer
                 .stream()
@@ -77,6 +97,9 @@ impl Worker {
                     // Closing the pull first: nothing handed back can come back to it.
                     drop(messages);
                     let why = *stop.borrow();
+                    if !delivered.is_empty() {
+                        tracing::info!(%partition, commands = delivered.len(), ?why, "pull closed with commands just sent to it");
+                    }
                     for msg in delivered {
                         if why == Stop::Shutdown {
                             hand_back(&msg).await;
@@ -140,7 +163,13 @@ pub(crate) fn decode(msg: jetstream::Message) -> Delivery {
     }
 }
 
+/// How long a handed-back command waits before it is delivered again. Not at once: the pull
+/// it came from is closed, but its request may still be registered on the server (the
+/// unsubscribe travels behind), which would take the command straight back and lose it until
+/// `ack_wait`.
+pub(crate) const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
+
 /// Hands a command back to the stream, for whichever process serves its partition next.
 pub(crate) async fn hand_back(msg: &jetstream::Message) {
-    let _ = msg.ack_with(AckKind::Nak(None)).await;
+    let _ = msg.ack_with(AckKind::Nak(Some(HAND_BACK_DELAY))).await;
 }
