@@ -363,7 +363,7 @@ impl Worker {
 fn decode(msg: jetstream::Message) -> Delivery {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let envelope = serde_json::from_slice::<CommandEnvelope>(&msg.payload)
-        .map_err(|e| format!("undecodable command: {e}"));
+        .map_err(|e| crate::failures::decode_error_text(&e));
     Delivery {
         msg,
         envelope,
