@@ -213,6 +213,12 @@ pub struct CommandOutcome {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// This command is the replay of a dead letter: the dead-lettered command's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<CommandId>,
+    /// This command was dead-lettered and replayed: the id it was replayed under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_as: Option<CommandId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,6 +241,8 @@ struct CommandRow {
     error_code: Option<String>,
     error_message: Option<String>,
     result: Option<serde_json::Value>,
+    replay_of: Option<CommandId>,
+    replayed_as: Option<CommandId>,
 }
 
 /// The recorded outcome of an applied command and who sent it; `None` while it is still
@@ -244,7 +252,10 @@ pub async fn load_outcome(
     id: CommandId,
 ) -> Result<Option<(UserId, CommandOutcome)>, sqlx::Error> {
     let row: Option<CommandRow> = sqlx::query_as(
-        "SELECT actor_id, operation, status, error_code, error_message, result FROM commands WHERE id = $1",
+        "SELECT actor_id, operation, status, error_code, error_message, result,
+                (SELECT old_id FROM command_replays WHERE new_id = c.id) AS replay_of,
+                (SELECT new_id FROM command_replays WHERE old_id = c.id) AS replayed_as
+         FROM commands c WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db)
@@ -265,7 +276,21 @@ pub async fn load_outcome(
                 .and_then(crate::error::ErrorCode::parse),
             message: r.error_message,
             result: r.result,
+            replay_of: r.replay_of,
+            replayed_as: r.replayed_as,
         };
         Some((actor, outcome))
     }))
+}
+
+/// The dead-lettered command this one replays, if it is a replay (for a replay still waiting
+/// in the stream; [`load_outcome`] reads the links of applied commands).
+pub async fn replay_of(
+    db: impl sqlx::PgExecutor<'_>,
+    id: CommandId,
+) -> Result<Option<CommandId>, sqlx::Error> {
+    sqlx::query_scalar("SELECT old_id FROM command_replays WHERE new_id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
 }

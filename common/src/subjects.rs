@@ -124,6 +124,12 @@ impl Subjects {
         )
     }
 
+    /// `<prefix>.cmd.*.*.*.<commandId>`: finds a command still waiting in the stream by its id
+    /// alone.
+    pub fn any_command(&self, id: CommandId) -> String {
+        format!("{}.cmd.*.*.*.{id}", self.prefix)
+    }
+
     /// A command's subject in a given partition.
     pub fn command_in(&self, op: Operation, partition: Partition, id: CommandId) -> String {
         format!(

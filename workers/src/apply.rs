@@ -201,6 +201,8 @@ pub fn outcome_of(
         code: reason.as_ref().map(|r| r.code),
         message: reason.map(|r| r.message),
         result,
+        replay_of: None,
+        replayed_as: None,
     }
 }
 

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::apply::{Applied, BatchResults, PublishedMark};
 use crate::error::is_transient;
+use crate::failures::failure_text;
 use crate::pool::{Delivery, Worker};
 
 /// A lane's published events not yet marked in Postgres: filled by its settle task, taken
@@ -66,6 +67,7 @@ impl Worker {
             match envelope {
                 Err(why) => self.dead_letter(&msg, None, delivered, &why).await,
                 Ok(envelope) if delivered > max_deliver => {
+                    // What its sender reads; the dead letter keeps the recorded last error.
                     let why = format!("failed on {} deliveries", delivered - 1);
                     self.dead_letter(&msg, Some(&envelope), delivered, &why)
                         .await;
@@ -87,16 +89,33 @@ impl Worker {
         let elapsed = started.elapsed().as_secs_f64();
 
         let mut settled = Vec::with_capacity(work.len());
+        let mut failed = Vec::new();
+        let mut recovered = Vec::new();
         for ((msg, envelope, delivered), result) in work.into_iter().zip(results) {
             match result {
-                Ok(applied) => settled.push((msg, envelope, applied)),
+                Ok(applied) => {
+                    if delivered > 1 {
+                        recovered.push(envelope.command_id);
+                    }
+                    settled.push((msg, envelope, applied));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, command_id = %envelope.command_id, delivered, "command failed; will be redelivered");
-                    let delay = Duration::from_secs(1 << delivered.clamp(0, 5));
-                    self.release(&msg);
-                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                    failed.push((msg, envelope.command_id, failure_text(&e), delivered));
                 }
             }
+        }
+        self.clear_failures(&recovered).await;
+        // Recorded before the nak, so the delivery that dead-letters a command finds its error.
+        let errors: Vec<_> = failed
+            .iter()
+            .map(|(_, id, error, delivered)| (*id, error.clone(), *delivered))
+            .collect();
+        self.record_failures(&errors).await;
+        for (msg, _, _, delivered) in failed {
+            let delay = Duration::from_secs(1 << delivered.clamp(0, 5));
+            self.release(&msg);
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
         Some(Settlement { settled, elapsed })
     }
@@ -238,65 +257,6 @@ impl Worker {
                 format!("error:{}", envelope.command_id),
             )
             .await;
-        }
-    }
-
-    /// Sets a command aside after its last delivery (or at once if it cannot be decoded),
-    /// marks it rejected so its sender can read why, and removes it from the stream.
-    async fn dead_letter(
-        &self,
-        msg: &jetstream::Message,
-        envelope: Option<&CommandEnvelope>,
-        delivered: i64,
-        why: &str,
-    ) {
-        let command_id = envelope
-            .map(|e| e.command_id)
-            .or_else(|| {
-                msg.subject
-                    .rsplit('.')
-                    .next()
-                    .and_then(|t| CommandId::parse(t).ok())
-            })
-            .unwrap_or_else(CommandId::generate);
-        tracing::error!(%command_id, delivered, why, "dead-lettering command");
-        metrics::counter!("allo_dead_letters_total").increment(1);
-        let result = async {
-            let mut tx = self.db().begin().await?;
-            sqlx::query(
-                "INSERT INTO dead_letters (command_id, subject, payload, deliveries, error) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (command_id) DO NOTHING",
-            )
-            .bind(command_id)
-            .bind(msg.subject.as_str())
-            .bind(msg.payload.as_ref())
-            .bind(delivered)
-            .bind(why)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(env) = envelope {
-                sqlx::query(
-                    "INSERT INTO commands (id, actor_id, operation, status, error_code, error_message, accepted_at)
-                     VALUES ($1, $2, $3, 'rejected', 'dead_lettered', $4, $5) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(command_id)
-                .bind(env.actor.as_str())
-                .bind(env.command.operation().as_str())
-                .bind(why)
-                .bind(env.at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                self.release(msg);
-                let _ = msg.ack_with(AckKind::Term).await;
-            }
-            // Keep the command; a later delivery tries to dead-letter it again.
-            Err(e) => tracing::error!(error = %e, "could not dead-letter command"),
         }
     }
 }

@@ -6,6 +6,7 @@
 //!   conversation (one lane applies a conversation's commands, a batch at a time).
 //! - [`batch`]: one lane's batch: dead-lettering, back-off while Postgres is down, one
 //!   transaction, events published together, ack after they are on the stream.
+//! - [`failures`]: a failing command's last error, kept between deliveries for its dead letter.
 //! - [`apply`]: the batch's transaction: runs of sends as a set ([`send_batch`]), every other
 //!   command on its own savepoint.
 //! - [`unit`]: one command's transaction: the exactly-once key, the per-conversation `seq`,
@@ -23,6 +24,7 @@ pub mod apply;
 pub mod backlog;
 mod batch;
 pub mod error;
+pub mod failures;
 mod membership;
 pub mod messages;
 mod partitions;

@@ -33,10 +33,11 @@ enum DeadLetterCmd {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
-    /// One dead letter with its command, error, deliveries and time.
+    /// One dead letter with its command, last error, deliveries, first failure and time.
     Show { command_id: uuid::Uuid },
-    /// Send the command back through its pool once (after fixing what made it fail). Needs a
-    /// NATS user allowed to publish commands: with the shipped nats.conf, `allo-admin`.
+    /// Send the command back through its pool once, under a new command id linked to this one
+    /// (after fixing what made it fail); again: the same new id, nothing sent. Needs a NATS
+    /// user allowed to publish commands: with the shipped nats.conf, `allo-admin`.
     Replay { command_id: uuid::Uuid },
     /// Forget it; its sender keeps reading it as rejected.
     Discard { command_id: uuid::Uuid },
@@ -55,11 +56,26 @@ async fn dead_letters(settings: &Settings, cmd: DeadLetterCmd) -> anyhow::Result
             let nats = allo_common::jetstream::connect(settings, "allo-workers-dead-letters")
                 .await
                 .context("connecting to NATS")?;
+            wait_connected(&nats).await?;
             let js = async_nats::jetstream::new(nats);
-            dl::replay(&db, &js, command_id).await?
+            let subjects = allo_common::subjects::Subjects::of(settings);
+            dl::replay(&db, &js, &subjects, command_id).await?
         }
     };
     println!("{out:#}");
+    Ok(())
+}
+
+/// The client connects in the background (`retry_on_initial_connect`), and the replay goes
+/// through ingress's publish, which refuses to buffer while disconnected: wait for it, bounded.
+async fn wait_connected(nats: &async_nats::Client) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nats.connection_state() != async_nats::connection::State::Connected {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("NATS not connected after 10 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     Ok(())
 }
 

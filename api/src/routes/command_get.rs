@@ -1,7 +1,10 @@
 //! `GET /api/commands/{id}`: a command's status for the user who sent it. `committed` and
-//! `rejected` come from Postgres; a command still in the stream is `accepted`.
+//! `rejected` come from Postgres; a command still in the stream is `accepted`. A replayed dead
+//! letter shows `replayedAs` (the new id), its replay `replayOf` (the old one).
 
-use allo_common::command::{CommandEnvelope, CommandOutcome, CommandStatus, load_outcome};
+use allo_common::command::{
+    CommandEnvelope, CommandOutcome, CommandStatus, load_outcome, replay_of,
+};
 use allo_common::ids::CommandId;
 use axum::Json;
 use axum::extract::State;
@@ -44,6 +47,8 @@ pub async fn handler(
         code: None,
         message: None,
         result: None,
+        replay_of: replay_of(&state.db, id).await?,
+        replayed_as: None,
     }))
 }
 
@@ -72,7 +77,7 @@ async fn pending(state: &AppState, id: CommandId) -> Option<CommandEnvelope> {
         .get_stream(state.subjects.command_stream())
         .await
         .ok()?;
-    let subject = format!("{}.cmd.*.*.{id}", state.subjects.prefix());
+    let subject = state.subjects.any_command(id);
     let message = stream
         .get_last_raw_message_by_subject(&subject)
         .await

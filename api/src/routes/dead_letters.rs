@@ -1,5 +1,6 @@
 //! `/admin/dead-letters` on the API's admin listener: the operators' dead-letter routes (a
-//! token with role `admin` as well; they hold users' commands): list (`?limit=`), show, replay once, discard. Same code as
+//! token with role `admin` as well; they hold users' commands): list (`?limit=`), show, replay
+//! once under a new command id (again: 200 with the same id), discard. Same code as
 //! `allo-workers dead-letters` (`allo_common::dead_letters`).
 
 use allo_common::dead_letters::{self as dl, ADMIN_ROLE, DeadLetterError};
@@ -39,6 +40,9 @@ fn command_id(raw: &str) -> Result<Uuid, ApiError> {
 fn to_api(e: DeadLetterError) -> ApiError {
     match e {
         DeadLetterError::NotFound(_) => ApiError::NotFound(e.to_string()),
+        DeadLetterError::NotReplayable(..) | DeadLetterError::AlreadyApplied(_) => {
+            ApiError::domain(ErrorCode::Conflict, e.to_string())
+        }
         DeadLetterError::Database(e) => e.into(),
         DeadLetterError::Publish(detail) => {
             tracing::warn!(%detail, "replaying a dead letter");
@@ -79,8 +83,10 @@ pub async fn replay(
 ) -> Result<Json<Value>, ApiError> {
     admin_only(&caller)?;
     let id = command_id(&id)?;
-    let done = dl::replay(&state.db, &state.js, id).await.map_err(to_api)?;
-    tracing::info!(command_id = %id, by = %caller.user, "dead letter replayed");
+    let done = dl::replay(&state.db, &state.js, &state.subjects, id)
+        .await
+        .map_err(to_api)?;
+    tracing::info!(command_id = %id, replayed_as = %done["replayedAs"], by = %caller.user, "dead letter replayed");
     Ok(Json(done))
 }
 
