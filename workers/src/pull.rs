@@ -10,8 +10,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::pool::{Delivery, Worker};
 
-/// How long, when a pull stops, it is read out for commands already delivered to it.
-const READ_OUT: Duration = Duration::from_millis(250);
+/// How long one pull request waits for commands: also how long a stop may wait for the
+/// request under way to end.
+const PULL_EXPIRES: Duration = Duration::from_millis(500);
 
 /// Why a partition's pull stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,60 +60,32 @@ impl Worker {
                 tokio::time::sleep(HAND_BACK_DELAY + Duration::from_millis(250)).await;
             }
         }
+        // One bounded request at a time (up to `batch_size`, for at most PULL_EXPIRES), each
+        // read to its end: when told to stop, no request of ours is left registered on the
+        // server, so nothing is sent to a pull that no longer reads.
         while *stop.borrow() == Stop::No {
-            let messages = match consumer
-                .stream()
-                .max_messages_per_batch(batch_size)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
+            let batch = match consumer
+                .batch()
+                .max_messages(batch_size)
+                .expires(PULL_EXPIRES)
                 .messages()
                 .await
             {
-                Ok(m) => m,
+                Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, %partition, "pull failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            // Boxed, so that dropping it closes the pull (unsubscribes) there and then.
-            let mut messages = Box::pin(messages);
-            loop {
-                let msg = tokio::select! {
-                    msg = messages.next() => Some(msg),
-                    _ = stop.wait_for(|s| *s != Stop::No) => None,
-                };
-                let Some(msg) = msg else {
-                    // What the open pull already sent us: at most what it requested.
-                    let mut left = 2 * batch_size;
-                    let mut delivered = Vec::new();
-                    while left > 0
-                        && let Ok(Some(msg)) = tokio::time::timeout(READ_OUT, messages.next()).await
-                    {
-                        left -= 1;
-                        if let Ok(msg) = msg {
-                            delivered.push(msg);
-                        }
-                    }
-                    // Closing the pull first: nothing handed back can come back to it.
-                    drop(messages);
-                    let why = *stop.borrow();
-                    if !delivered.is_empty() {
-                        tracing::info!(%partition, commands = delivered.len(), ?why, "pull closed with commands just sent to it");
-                    }
-                    for msg in delivered {
-                        if why == Stop::Shutdown {
-                            hand_back(&msg).await;
-                        } else {
-                            self.route(msg, &lanes).await;
-                        }
-                    }
-                    return;
-                };
+            let mut batch = std::pin::pin!(batch);
+            while let Some(msg) = batch.next().await {
                 match msg {
-                    None => break,
-                    Some(Ok(msg)) => self.route(msg, &lanes).await,
-                    Some(Err(e)) => tracing::warn!(error = %e, %partition, "pull stream error"),
+                    // Sent after a stop: what a stopping process was sent goes back; what a
+                    // process giving the partition up was sent, it still applies.
+                    Ok(msg) if *stop.borrow() == Stop::Shutdown => hand_back(&msg).await,
+                    Ok(msg) => self.route(msg, &lanes).await,
+                    Err(e) => tracing::warn!(error = %e, %partition, "pull stream error"),
                 }
             }
         }
@@ -163,10 +136,8 @@ pub(crate) fn decode(msg: jetstream::Message) -> Delivery {
     }
 }
 
-/// How long a handed-back command waits before it is delivered again. Not at once: the pull
-/// it came from is closed, but its request may still be registered on the server (the
-/// unsubscribe travels behind), which would take the command straight back and lose it until
-/// `ack_wait`.
+/// How long a handed-back command waits before it is delivered again: a margin against a
+/// handed-back command being delivered to a request of this process that is still ending.
 pub(crate) const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Hands a command back to the stream, for whichever process serves its partition next.
