@@ -56,9 +56,10 @@ bin=$(allo_binaries)
 cat <<EOF
 Allo pool-scaling benchmark $id on $(nproc) cores: a backlog of $count sendMessage commands,
 drained by 1..n processes of the messages pool (each with the default lanes and batch size).
-rate = commands/s from the first command applied to the last; cpu = % of one core.
+cmds/s = from the first command applied to the last; steady/s = from 80 % of the backlog left
+to 20 % left (leaves out the processes' start and the tail); cpu = % of one core.
 EOF
-printf '%-6s %-6s %8s %9s %10s %8s %8s %6s %5s\n' convs procs drain_s cmds/s workers% pg% applied dup gaps
+printf '%-6s %-6s %8s %9s %9s %10s %8s %8s %6s %5s\n' convs procs drain_s cmds/s steady/s workers% pg% applied dup gaps
 
 for convs in ${conv_list//,/ }; do
   db="allo_bench_drain_${id}_$convs" prefix="drain${id}c$convs"
@@ -101,6 +102,7 @@ for convs in ${conv_list//,/ }; do
       const w = Object.entries(r.cpuPct).filter(([k]) => /^w\d+$/.test(k)).reduce((a, [, v]) => a + v, 0);
       const [convs, n, applied, dup, gaps] = process.argv.slice(2);
       console.log([convs.padEnd(6), n.padEnd(6), r.secs.toFixed(2).padStart(8), Math.round(r.rate).toString().padStart(9),
+        (r.steadyRate ? Math.round(r.steadyRate).toString() : "-").padStart(9),
         w.toFixed(0).padStart(10), (r.cpuPct.pg ?? 0).toFixed(0).padStart(8), applied.padStart(8), dup.padStart(6), gaps.padStart(5)].join(" ") +
         (r.left ? `  (${r.left} still waiting at the timeout)` : ""));
     ' "$out/drain-$convs-$n.json" "$convs" "$n" "$((applied - applied_before))" "$dup" "$gaps"

@@ -104,13 +104,19 @@ if (cmd === "setup") {
   }
   procs = Object.fromEntries(procsText().split(",").filter(Boolean).map((kv) => kv.split("=")).map(([k, v]) => [k, Number(v)]));
   const t0 = performance.now(), cpu0 = cpuSample(procs, dbs);
+  // Also the steady rate: from 80 % of the backlog left to 20 % left, which leaves out the
+  // processes' start (they do not all start serving at the same moment) and the tail.
+  let t80 = null, t20 = null;
   while (left > 0 && performance.now() < deadline) {
-    await sleep(50);
+    await sleep(20);
     left = (await outstanding()).n;
+    if (t80 === null && left <= 0.8 * first.n) t80 = performance.now();
+    if (t20 === null && left <= 0.2 * first.n) t20 = performance.now();
   }
   const secs = (performance.now() - t0) / 1000;
+  const steady = t80 !== null && t20 !== null && t20 > t80 ? (0.6 * first.n) / ((t20 - t80) / 1000) : null;
   const cpu = cpuDelta(cpu0, cpuSample(procs, dbs), secs);
-  console.log(JSON.stringify({ consumers: first.consumers, commands: first.n, left, secs, rate: (first.n - left) / secs, cpuPct: cpu.pct }));
+  console.log(JSON.stringify({ consumers: first.consumers, commands: first.n, left, secs, rate: (first.n - left) / secs, steadyRate: steady, cpuPct: cpu.pct }));
   await nc.close();
 } else {
   console.error("usage: drain.mjs setup|fill|watch …");

@@ -97,16 +97,13 @@ pub fn rate_stream_config(settings: &Settings, subjects: &Subjects) -> stream::C
 /// One partition of a pool: a durable pull consumer, served by one of the pool's processes at a
 /// time (crate::partition). `max_deliver` is one more than the configured deliveries: the
 /// extra delivery only dead-letters the command, so a command that crashes its worker every
-/// time still ends with a readable status. The pool's `max_ack_pending` is split over its
-/// partitions, but never below two pulls' worth.
+/// time still ends with a readable status. `max_ack_pending` applies to each partition.
 pub fn partition_consumer_config(
     settings: &Settings,
     subjects: &Subjects,
     pool: Pool,
     partition: Partition,
 ) -> consumer::pull::Config {
-    let partitions = i64::from(subjects.partitions());
-    let per_partition = (settings.jetstream.max_ack_pending + partitions - 1) / partitions;
     consumer::pull::Config {
         durable_name: Some(subjects.partition_consumer(pool, partition)),
         description: Some(format!(
@@ -117,7 +114,7 @@ pub fn partition_consumer_config(
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait(),
         max_deliver: settings.jetstream.max_deliver + 1,
-        max_ack_pending: per_partition.max(2 * settings.worker.batch_size as i64),
+        max_ack_pending: settings.jetstream.max_ack_pending,
         deliver_policy: consumer::DeliverPolicy::All,
         ..Default::default()
     }

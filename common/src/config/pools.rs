@@ -13,7 +13,9 @@ pub struct JetStreamSettings {
     pub ack_wait_secs: u64,
     /// Deliveries that may run a command; the next one dead-letters it without running it.
     pub max_deliver: i64,
-    /// Unacked commands per pool, across all its processes (split evenly over its partitions).
+    /// Unacked commands per partition consumer. Generous on purpose: a pull waiting at this
+    /// cap is served again only when it expires (nats-server 2.9), so a tight cap stalls the
+    /// pool (measured: 125 per partition drained 1,900 commands/s, 2,000 drained 11,000).
     pub max_ack_pending: i64,
     /// Partitions per pool: a command's conversation picks one, each has its own consumer, and
     /// the pool's live processes split them, so at most this many processes of a pool do work.
