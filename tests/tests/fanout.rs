@@ -32,12 +32,13 @@ async fn send_many(stack: &Stack, conv: &str, users: &[&str], per_user: usize) {
         .await;
 }
 
-/// Two messages workers race on one conversation (both apply some); every client gets seq
-/// 2..=201 in order.
+/// Two messages workers race on one conversation (both apply some: they do not split the
+/// partitions here, as during a hand-over); every client gets seq 2..=201 in order.
 #[tokio::test(flavor = "multi_thread")]
 async fn delivery_is_in_order_and_gap_free_while_workers_race() {
     let stack = Stack::start(StackOptions {
         workers: 2,
+        env: vec![("ALLO_WORKER__SPLIT_PARTITIONS".into(), "false".into())],
         ..Default::default()
     })
     .await;

@@ -47,14 +47,10 @@ impl Served {
         }
     }
 
-    /// The partitions being pulled (not those being given up).
+    /// The partitions being pulled, those being given up included until their pull has ended:
+    /// the others must not take one before that.
     fn serving(&self) -> Vec<Partition> {
-        let mut serving: Vec<Partition> = self
-            .pulls
-            .iter()
-            .filter(|(_, p)| *p.stop.borrow() == Stop::No)
-            .map(|(k, _)| *k)
-            .collect();
+        let mut serving: Vec<Partition> = self.pulls.keys().copied().collect();
         serving.sort_unstable();
         serving
     }
@@ -145,7 +141,6 @@ impl Worker {
                 for (partition, pull) in &served.pulls {
                     if !share.contains(partition) && *pull.stop.borrow() == Stop::No {
                         let _ = pull.stop.send(Stop::Released);
-                        served_gauge(served.pool, *partition).set(0.0);
                     }
                 }
                 for partition in share {
@@ -183,6 +178,8 @@ impl Worker {
                     // A partition given up: its pull is closed and what it was sent is in the
                     // lanes; the others may take it now.
                     served.pulls.remove(&partition);
+                    served_gauge(served.pool, partition).set(0.0);
+                    served.gauges();
                     shown = served.serving();
                     membership.beat(&shown, false).await;
                 }
