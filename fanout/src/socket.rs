@@ -81,22 +81,28 @@ pub async fn authenticate(
         .take(&caller.user, max)
         .ok_or(Refused::TooManySockets(max))?;
     socket.extensions.insert(Arc::new(slot));
-    socket.extensions.insert(caller);
     socket.extensions.insert(SocketState::default());
-    Ok(())
-}
-
-pub async fn on_connect(
-    socket: SocketRef,
-    Extension(caller): Extension<Caller>,
-    State(fanout): State<Arc<Fanout>>,
-) {
-    tracing::debug!(sid = %socket.id, user = %caller.user, "socket connected");
-    metrics::gauge!("allo_sockets_connected").increment(1.0);
+    // Here, not in `on_connect`: socketioxide sends the `connect` packet once this middleware
+    // returns and only then spawns the connect handler, so a client that emits at once (a
+    // `joinConversation` on `connect`) could reach a socket with no handler yet, and the event
+    // would be dropped without an ack.
     socket.join(user_room(&caller.user));
     if caller.has_role(MODERATOR_ROLE) {
         socket.join(MODERATORS_ROOM);
     }
+    register_handlers(&socket);
+    tracing::debug!(sid = %socket.id, user = %caller.user, "socket connected");
+    metrics::gauge!("allo_sockets_connected").increment(1.0);
+    socket.extensions.insert(caller);
+    Ok(())
+}
+
+/// The connect handler proper: everything a socket needs is in place (see [`authenticate`]).
+pub async fn on_connect(socket: SocketRef, State(fanout): State<Arc<Fanout>>) {
+    crate::token::watch(socket, fanout.settings.auth.refresh_notice_secs);
+}
+
+fn register_handlers(socket: &SocketRef) {
     socket.on("joinConversation", crate::join::join_conversation);
     socket.on("leaveConversation", leave_conversation);
     socket.on("typing", typing);
@@ -114,7 +120,6 @@ pub async fn on_connect(
         );
     }
     socket.on_disconnect(on_disconnect);
-    crate::token::watch(socket, fanout.settings.auth.refresh_notice_secs);
 }
 
 /// Validates and publishes one command, as HTTP does; returns the ack body.
