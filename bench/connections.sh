@@ -71,6 +71,8 @@ wait_ready() {
   log "$1 never became ready; last lines of $2:"; tail -n 30 "$2" >&2; exit 1
 }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Node's RSS is read after a full collection (server.mjs collects on SIGUSR2 under --expose-gc).
+settle() { [ "$1" != node ] || { kill -USR2 $server_pids; sleep 2; }; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sum() { local t=0 x; for x in "$@"; do t=$((t + x)); done; echo $t; }
 
@@ -95,7 +97,7 @@ client="$bin/allo-conn-client"
 measure() { # system, sockets, ids file, api url
   local sys=$1 n=$2 ids=$3 api=$4 net=$5
   local rss0 rss1 rss2 t0 t1 c0 c1 cpids=() i=0 k=0 per urls=($server_urls)
-  sleep 2
+  sleep 2; settle "$sys"
   rss0=$(sum $(for p in $server_pids; do rss_kb "$p"; done))
   local nclients=$(( (n + PER_CLIENT - 1) / PER_CLIENT ))
   [ "$nclients" -ge "${#urls[@]}" ] || nclients=${#urls[@]}
@@ -120,10 +122,12 @@ measure() { # system, sockets, ids file, api url
   joined=$(grep -h '"event":"ready"' "$out"/client-$sys-$n-*.out | grep -o '"joined":[0-9]*' | cut -d: -f2 | awk '{t += $1} END {print t + 0}')
   failed=$(grep -h '"event":"ready"' "$out"/client-$sys-$n-*.out | grep -o '"failed":[0-9]*' | cut -d: -f2 | awk '{t += $1} END {print t + 0}')
   sleep 5 # let whatever the joins started settle (feeds, presence announcements)
+  settle "$sys"
   rss1=$(sum $(for p in $server_pids; do rss_kb "$p"; done))
   c0=$(sum $(for p in $server_pids; do cpu_ticks "$p"; done))
   sleep "$idle_secs"
   c1=$(sum $(for p in $server_pids; do cpu_ticks "$p"; done))
+  settle "$sys"
   rss2=$(sum $(for p in $server_pids; do rss_kb "$p"; done))
   local lat='null'
   if [ "$rate" != 0 ]; then
@@ -199,7 +203,7 @@ if [[ ",$systems," == *,node,* ]]; then
     # One Node process (Socket.IO has no replicas without an adapter); at most what one process holds.
     [ "$n" -le 18000 ] || { log "node: $n sockets do not fit one process; skipped"; continue; }
     node_port=$(pick_port)
-    MODE=nostore PORT=$node_port JWT_SECRET=$secret node "$BENCH/node/server.mjs" >"$out/node-$n.log" 2>&1 & node_pid=$!; pids+=($node_pid)
+    MODE=nostore PORT=$node_port JWT_SECRET=$secret node --expose-gc "$BENCH/node/server.mjs" >"$out/node-$n.log" 2>&1 & node_pid=$!; pids+=($node_pid)
     wait_ready "http://127.0.0.1:$node_port/readyz" "$out/node-$n.log" "$node_pid"
     # Conversations live in the Node process's memory: made again for every fresh server.
     "$client" create --api "http://127.0.0.1:$node_port" --secret "$secret" --run "$run" --users "$max_sockets" \
