@@ -117,6 +117,10 @@ if (MODE === "trivial") {
   });
 }
 
+// bench/connections.sh reads RSS after a full collection (it starts this with --expose-gc and
+// sends SIGUSR2): otherwise RSS counts the set-up's garbage, not what the sockets hold.
+if (global.gc) process.on("SIGUSR2", () => global.gc());
+
 server.keepAliveTimeout = 65_000;
 server.listen(PORT, "127.0.0.1", () => console.log(`node baseline (${MODE}) on 127.0.0.1:${PORT}`));
 const stop = () => {

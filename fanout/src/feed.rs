@@ -128,7 +128,9 @@ impl Feed {
             tail_check: None,
             linger: None,
             members: HashMap::new(),
-            recent: VecDeque::with_capacity(RECENT),
+            // Grows with what the conversation delivers: most joined conversations are quiet,
+            // and 128 slots up front were 4 KB per feed.
+            recent: VecDeque::new(),
             changes: HashMap::new(),
         })
     }

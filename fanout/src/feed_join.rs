@@ -22,7 +22,7 @@ impl Feed {
         match command {
             FeedCommand::Join(request) => {
                 let user = request.user.clone();
-                let (reply, outcome) = self.attach(request);
+                let (reply, outcome) = self.attach(*request);
                 let joined = matches!(outcome, JoinOutcome::Joined { .. });
                 if matches!(outcome, JoinOutcome::Stale | JoinOutcome::Behind { .. }) {
                     self.linger = Some(tokio::time::Instant::now() + LINGER);
@@ -33,7 +33,10 @@ impl Feed {
                     self.announce_presence(&user).await;
                 }
             }
-            FeedCommand::Typing { sid, user, typing } => self.relay_typing(sid, user, typing).await,
+            FeedCommand::Typing(signal) => {
+                self.relay_typing(signal.sid, signal.user, signal.typing)
+                    .await
+            }
         }
     }
 

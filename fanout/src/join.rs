@@ -172,7 +172,7 @@ async fn admit(
         };
         match fanout
             .feeds
-            .command(conversation, FeedCommand::Join(request))
+            .command(conversation, FeedCommand::Join(Box::new(request)))
         {
             Ok(()) => {}
             Err(Refused::Busy | Refused::NoFeed) => return Err(busy()),

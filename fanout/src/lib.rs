@@ -31,7 +31,7 @@ use std::sync::Arc;
 use allo_common::Settings;
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -41,6 +41,8 @@ use crate::state::Fanout;
 
 /// Time given to queued disconnect packets at shutdown.
 const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_millis(300);
+/// Initial size of each websocket's read buffer (see `serve`).
+const WS_READ_BUFFER: usize = 1024;
 
 /// Connects, serves Socket.IO and health routes on `fanout_addr` until `shutdown`.
 pub async fn serve(
@@ -63,9 +65,17 @@ pub async fn serve(
         // A socket that cannot take this many queued packets is disconnected, not buffered
         // without bound.
         .max_buffer_size(socket_buffer)
+        // Engine.IO frames from clients are small (events, acks, pongs); the websocket's read
+        // buffer is allocated at this size for every socket (the default, 4 KB, was a tenth of a
+        // socket's cost) and grows only for a larger frame.
+        .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(fanout.clone())
         .build_layer();
     io.ns("/", socket::on_connect.with(socket::authenticate));
+    fanout
+        .deadlines
+        .clone()
+        .spawn(io.clone(), fanout.settings.auth.refresh_notice_secs);
     fanout.spawn_user_relay(io.clone()).await?;
     fanout.spawn_moderator_relay(io.clone()).await?;
     // Operators' listener: readiness and metrics name internals clients need not read.
@@ -84,7 +94,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .with_state(fanout)
-        .layer(layer);
+        .layer(layer)
+        .layer(axum::middleware::map_request(own_request_head));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -110,6 +121,33 @@ pub async fn serve(
 }
 
 use socketioxide::handler::ConnectHandler;
+
+/// Gives the request its own copy of its URI and header values.
+///
+/// Engine.IO keeps every socket's request head for the socket's whole life. As hyper parses a
+/// request, the URI and each header value are slices of the connection's read buffer (8-16 KB),
+/// and so is axum's `OriginalUri` extension: keeping them kept that whole buffer per socket,
+/// idle or not (16 KB of a socket's ~60 KB, measured with heaptrack; bench/README.md). Copied
+/// out, the buffer is freed after the upgrade. Other extensions stay as they are (hyper's
+/// upgrade handle is one of them).
+async fn own_request_head(request: axum::extract::Request) -> axum::extract::Request {
+    let (mut parts, body) = request.into_parts();
+    let mut headers = axum::http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let value =
+            axum::http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        headers.append(name.clone(), value);
+    }
+    parts.headers = headers;
+    if let Ok(uri) = axum::http::Uri::try_from(parts.uri.to_string()) {
+        // The router's copy for handlers, a slice of the same buffer, goes the same way.
+        if parts.extensions.get::<OriginalUri>().is_some() {
+            parts.extensions.insert(OriginalUri(uri.clone()));
+        }
+        parts.uri = uri;
+    }
+    axum::extract::Request::from_parts(parts, body)
+}
 
 async fn healthz() -> axum::Json<Value> {
     axum::Json(json!({"status": "ok"}))

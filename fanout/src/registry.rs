@@ -63,13 +63,19 @@ pub enum JoinOutcome {
     SlowConsumer,
 }
 
+/// Boxed, so that the command channel's slots are a pointer wide: tokio allocates a channel's
+/// slots 32 at a time up front, and every conversation a socket joined has one (an unboxed
+/// `JoinRequest` made that block 2.5 KB per feed).
 pub enum FeedCommand {
-    Join(JoinRequest),
-    Typing {
-        sid: Sid,
-        user: UserId,
-        typing: bool,
-    },
+    Join(Box<JoinRequest>),
+    Typing(Box<TypingSignal>),
+}
+
+/// A socket's `typing` signal for the feed to relay.
+pub struct TypingSignal {
+    pub sid: Sid,
+    pub user: UserId,
+    pub typing: bool,
 }
 
 /// Why a command did not reach a feed.
@@ -160,7 +166,7 @@ impl Feeds {
                 Err(mpsc::error::TrySendError::Closed(back)) => command = back,
             }
         }
-        if matches!(command, FeedCommand::Typing { .. }) {
+        if matches!(command, FeedCommand::Typing(_)) {
             return Err(Refused::NoFeed);
         }
         let (commands, queue) = mpsc::channel(self.ctx.limits.feed_queue.max(1));

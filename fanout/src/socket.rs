@@ -20,11 +20,11 @@ use allo_common::ops::{Operation, RequestError};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use socketioxide::extract::{AckSender, Data, Extension, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, Data, Event, Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
 use crate::limits::SocketSlot;
-use crate::registry::FeedCommand;
+use crate::registry::{FeedCommand, TypingSignal};
 pub use crate::socket_state::SocketState;
 use crate::state::{Fanout, MODERATORS_ROOM, user_room};
 
@@ -81,40 +81,74 @@ pub async fn authenticate(
         .take(&caller.user, max)
         .ok_or(Refused::TooManySockets(max))?;
     socket.extensions.insert(Arc::new(slot));
-    socket.extensions.insert(caller);
     socket.extensions.insert(SocketState::default());
-    Ok(())
-}
-
-pub async fn on_connect(
-    socket: SocketRef,
-    Extension(caller): Extension<Caller>,
-    State(fanout): State<Arc<Fanout>>,
-) {
-    tracing::debug!(sid = %socket.id, user = %caller.user, "socket connected");
-    metrics::gauge!("allo_sockets_connected").increment(1.0);
+    // Here, not in `on_connect`: socketioxide sends the `connect` packet once this middleware
+    // returns and only then spawns the connect handler, so a client that emits at once (a
+    // `joinConversation` on `connect`) could reach a socket with no handler yet, and the event
+    // would be dropped without an ack.
     socket.join(user_room(&caller.user));
     if caller.has_role(MODERATOR_ROLE) {
         socket.join(MODERATORS_ROOM);
     }
-    socket.on("joinConversation", crate::join::join_conversation);
-    socket.on("leaveConversation", leave_conversation);
-    socket.on("typing", typing);
-    socket.on("presence", presence);
-    socket.on("refreshToken", crate::token::refresh);
-    for op in COMMAND_EVENTS {
-        socket.on(
-            op.as_str(),
-            async move |Data(body): Data<Value>,
-                        ack: AckSender,
-                        Extension(caller): Extension<Caller>,
-                        State(fanout): State<Arc<Fanout>>| {
-                let _ = ack.send(&submit(&fanout, &caller, op, body).await);
-            },
-        );
-    }
+    register_handlers(&socket);
+    tracing::debug!(sid = %socket.id, user = %caller.user, "socket connected");
+    metrics::gauge!("allo_sockets_connected").increment(1.0);
+    socket.extensions.insert(caller);
+    Ok(())
+}
+
+/// The connect handler proper: everything a socket needs is in place (see [`authenticate`]).
+pub async fn on_connect(socket: SocketRef, State(fanout): State<Arc<Fanout>>) {
+    fanout
+        .deadlines
+        .watch(&socket, fanout.settings.auth.refresh_notice_secs);
+}
+
+fn register_handlers(socket: &SocketRef) {
+    // One fallback handler that dispatches by name, not one `on` per event: socketioxide keeps
+    // each socket's handlers in a map of its own, and 22 entries were 1.3 KB per socket.
+    socket.on_fallback(dispatch);
     socket.on_disconnect(on_disconnect);
-    crate::token::watch(socket, fanout.settings.auth.refresh_notice_secs);
+}
+
+/// Every client event: routed by its name (unknown names are ignored).
+async fn dispatch(
+    socket: SocketRef,
+    Event(event): Event,
+    Data(data): Data<Value>,
+    ack: AckSender,
+    Extension(caller): Extension<Caller>,
+    Extension(state): Extension<SocketState>,
+    State(fanout): State<Arc<Fanout>>,
+) {
+    let (data, fanout) = (Data(data), State(fanout));
+    match event.as_str() {
+        "joinConversation" => {
+            let (caller, state) = (Extension(caller), Extension(state));
+            crate::join::join_conversation(socket, data, ack, caller, state, fanout).await;
+        }
+        "leaveConversation" => {
+            leave_conversation(socket, data, ack, Extension(state), fanout).await
+        }
+        "typing" => {
+            typing(
+                socket,
+                data,
+                ack,
+                Extension(caller),
+                Extension(state),
+                fanout,
+            )
+            .await
+        }
+        "presence" => presence(data, ack, Extension(caller), Extension(state), fanout).await,
+        "refreshToken" => crate::token::refresh(socket, data, ack, fanout).await,
+        name => {
+            if let Some(op) = COMMAND_EVENTS.iter().find(|op| op.as_str() == name) {
+                let _ = ack.send(&submit(&fanout.0, &caller, *op, data.0).await);
+            }
+        }
+    }
 }
 
 /// Validates and publishes one command, as HTTP does; returns the ack body.
@@ -223,7 +257,7 @@ async fn typing(
         return;
     };
     let min_gap = Duration::from_millis(fanout.settings.fanout.typing_min_interval_ms);
-    let mut allowed = match state.last_typing.lock() {
+    let mut allowed = match state.last_typing().lock() {
         Ok(mut last) => {
             let now = Instant::now();
             let ok = last.is_none_or(|at| now.duration_since(at) >= min_gap);
@@ -236,11 +270,11 @@ async fn typing(
     };
     if allowed {
         let typing = payload["typing"].as_bool().unwrap_or(true);
-        let command = FeedCommand::Typing {
+        let command = FeedCommand::Typing(Box::new(TypingSignal {
             sid: socket.id,
             user: caller.user.clone(),
             typing,
-        };
+        }));
         // Typing is best-effort: a feed whose queue is full drops it.
         allowed = fanout.feeds.command(conversation, command).is_ok();
     }
@@ -304,6 +338,7 @@ async fn on_disconnect(
 ) {
     tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
     metrics::gauge!("allo_sockets_connected").decrement(1.0);
+    fanout.deadlines.forget(&socket, &state);
     let joined = state.all_joined();
     fanout.feeds.forget(socket.id, &joined);
     if let Some(slot) = socket.extensions.get::<Arc<SocketSlot>>() {

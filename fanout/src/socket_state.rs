@@ -2,21 +2,31 @@
 //! `limits.fanout.joined_per_socket`) and its typing rate.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use allo_common::ids::ConversationId;
 
-/// Per-socket state kept in the socket's extensions.
+/// Per-socket state kept in the socket's extensions (one allocation: a socket's fixed cost is
+/// what limits how many one replica holds).
 #[derive(Clone, Default)]
-pub struct SocketState {
+pub struct SocketState(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
     /// Conversations this socket joined (to leave their feeds on disconnect, to answer
     /// `presence`), and those whose join is under way (they count against
     /// `joined_per_socket` too). A feed takes a conversation out when the socket stops
     /// receiving it (left, removed, cut off).
-    conversations: Arc<Mutex<Joined>>,
+    conversations: Mutex<Joined>,
     /// When this socket last signalled `typing` (rate limit).
-    pub(crate) last_typing: Arc<Mutex<Option<Instant>>>,
+    last_typing: Mutex<Option<Instant>>,
+    /// The one token deadline of this socket that counts (`crate::token`): when the process's
+    /// watcher looks at it next, in Unix seconds (0: none).
+    token_due: AtomicI64,
+    /// The token expiry it was last warned about (`tokenExpiring` is sent once per token).
+    warned_for: AtomicI64,
 }
 
 #[derive(Default)]
@@ -40,7 +50,11 @@ impl Drop for Reservation {
 impl SocketState {
     fn with<T>(&self, f: impl FnOnce(&mut Joined) -> T) -> T {
         // Every change is one set operation, so a poisoned lock still holds consistent sets.
-        f(&mut self.conversations.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut self
+            .0
+            .conversations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Holds a place for a join of `conversation`, unless the socket already has `max`
@@ -77,5 +91,24 @@ impl SocketState {
 
     pub(crate) fn all_joined(&self) -> Vec<ConversationId> {
         self.with(|c| c.joined.iter().copied().collect())
+    }
+
+    /// The `typing` rate limit's clock.
+    pub(crate) fn last_typing(&self) -> &Mutex<Option<Instant>> {
+        &self.0.last_typing
+    }
+
+    /// Makes `due` the socket's token deadline; returns the one it replaces.
+    pub(crate) fn set_token_due(&self, due: i64) -> i64 {
+        self.0.token_due.swap(due, Ordering::AcqRel)
+    }
+
+    pub(crate) fn token_due(&self) -> i64 {
+        self.0.token_due.load(Ordering::Acquire)
+    }
+
+    /// Records a warning about the token expiring at `expires_at`; false if already sent.
+    pub(crate) fn warn_once(&self, expires_at: i64) -> bool {
+        self.0.warned_for.swap(expires_at, Ordering::AcqRel) != expires_at
     }
 }

@@ -32,6 +32,8 @@ pub struct Fanout {
     /// Replays reading the log at once: half the database pool, so resuming sockets leave
     /// connections for membership checks and the feeds' gap fills.
     pub replays: tokio::sync::Semaphore,
+    /// Every socket's token deadline, watched by one task (`crate::token`).
+    pub deadlines: crate::token::Deadlines,
 }
 
 /// The Socket.IO room of every moderator's sockets.
@@ -62,6 +64,7 @@ impl Fanout {
                 (settings.database_max_connections as usize / 2).max(1),
             ),
             keys,
+            deadlines: Default::default(),
             js: async_nats::jetstream::new(nats.clone()),
             rate_leases: Default::default(),
             subjects,
