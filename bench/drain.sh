@@ -52,6 +52,7 @@ command -v psql >/dev/null || apt_install postgresql-client
 ensure_nats "$ALLO_NATS_URL"
 ensure_postgres "$pg_base/postgres"
 bin=$(allo_binaries)
+nats_pid=$(listener_pid "$(url_port "$ALLO_NATS_URL" 4222)")
 
 cat <<EOF
 Allo pool-scaling benchmark $id on $(nproc) cores: a backlog of $count sendMessage commands,
@@ -59,7 +60,7 @@ drained by 1..n processes of the messages pool (each with the default lanes and 
 cmds/s = from the first command applied to the last; steady/s = from 80 % of the backlog left
 to 20 % left (leaves out the processes' start and the tail); cpu = % of one core.
 EOF
-printf '%-6s %-6s %8s %9s %9s %10s %8s %8s %6s %5s\n' convs procs drain_s cmds/s steady/s workers% pg% applied dup gaps
+printf '%-6s %-6s %8s %9s %9s %10s %8s %8s %8s %6s %5s\n' convs procs drain_s cmds/s steady/s workers% pg% nats% applied dup gaps
 
 for convs in ${conv_list//,/ }; do
   db="allo_bench_drain_${id}_$convs" prefix="drain${id}c$convs"
@@ -89,7 +90,7 @@ for convs in ${conv_list//,/ }; do
       env $(nats_env workers) "$bin/allo-workers" --pool messages >"$out/workers-$convs-$n-$k.log" 2>&1 & worker_pids+=($!); pids+=($!)
       procs_arg+="w$k=$!,"
     done
-    echo "$procs_arg" >"$procs_file"
+    echo "${procs_arg}nats=${nats_pid:-0}" >"$procs_file"
     wait $watch_pid || { log "the watcher failed"; exit 1; }
     for p in "${worker_pids[@]}"; do stop_pid "$p"; done
     read -r applied dup gaps < <(psql_ "$pg_base/$db" "
@@ -103,7 +104,7 @@ for convs in ${conv_list//,/ }; do
       const [convs, n, applied, dup, gaps] = process.argv.slice(2);
       console.log([convs.padEnd(6), n.padEnd(6), r.secs.toFixed(2).padStart(8), Math.round(r.rate).toString().padStart(9),
         (r.steadyRate ? Math.round(r.steadyRate).toString() : "-").padStart(9),
-        w.toFixed(0).padStart(10), (r.cpuPct.pg ?? 0).toFixed(0).padStart(8), applied.padStart(8), dup.padStart(6), gaps.padStart(5)].join(" ") +
+        w.toFixed(0).padStart(10), (r.cpuPct.pg ?? 0).toFixed(0).padStart(8), (r.cpuPct.nats ?? 0).toFixed(0).padStart(8), applied.padStart(8), dup.padStart(6), gaps.padStart(5)].join(" ") +
         (r.left ? `  (${r.left} still waiting at the timeout)` : ""));
     ' "$out/drain-$convs-$n.json" "$convs" "$n" "$((applied - applied_before))" "$dup" "$gaps"
     applied_before=$applied

@@ -170,7 +170,7 @@ impl Default for Settings {
                 ack_wait_secs: 30,
                 max_deliver: 5,
                 max_ack_pending: 2000,
-                partitions: 16,
+                partitions: 4,
                 command_max_messages: 5_000,
                 replicas: 1,
             },
