@@ -23,6 +23,7 @@ const state = {
   stores: new Map(), // id -> {byId: Map, next, loading, pending: []}
   typing: new Map(), // id -> Map(user -> timer)
   online: new Map(), // id -> Set(user)
+  presenceWhileAsking: new Map(), // id -> presence events seen during a presence request
   reads: new Map(), // id -> Map(user -> readSeq)
   commands: new Map(), // commandId -> messageId of a pending send
 };
@@ -152,8 +153,15 @@ async function open(id) {
   renderMessages(id);
   scrollToEnd();
   markRead(id);
+  // Presence events that arrive while the snapshot is being gathered (the fan-out asks every
+  // replica) are newer than it: replay them over the snapshot instead of losing them.
+  const newer = [];
+  state.presenceWhileAsking.set(id, newer);
   const presence = await state.live.emit("presence", { conversationID: id });
-  state.online.set(id, new Set(presence?.online ?? []));
+  state.presenceWhileAsking.delete(id);
+  const online = new Set(presence?.online ?? []);
+  for (const e of newer) e.online ? online.add(e.userID) : online.delete(e.userID);
+  state.online.set(id, online);
   renderMembers(id);
 }
 
@@ -417,6 +425,7 @@ function onEvent(event, data) {
   if (event === "conversationCreated") return conversationCreated(data);
   if (event === "typing") return typing(id, data.userID, data.typing);
   if (event === "presence") {
+    state.presenceWhileAsking.get(id)?.push({ userID: data.userID, online: data.online });
     const set = state.online.get(id) ?? new Set();
     data.online ? set.add(data.userID) : set.delete(data.userID);
     state.online.set(id, set);
