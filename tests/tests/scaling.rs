@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use allo_common::partition::RouteHash;
 use allo_e2e::{Stack, StackOptions};
 use serde_json::json;
 
@@ -107,6 +108,29 @@ async fn texts_by_conversation(
     out
 }
 
+/// Waits until every message is in Postgres; then, per conversation, what it holds in seq
+/// order, whether its seqs are gap-free, and what its sender sent (in order).
+async fn settled(stack: &Stack, conversations: &[String]) -> Vec<(Vec<String>, bool, Vec<String>)> {
+    stack
+        .wait_count(
+            "SELECT count(*) FROM messages",
+            (CONVERSATIONS * PER_CONVERSATION) as i64,
+            Duration::from_secs(30),
+        )
+        .await;
+    texts_by_conversation(stack, conversations)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(c, (texts, gap_free))| {
+            let sent = (0..PER_CONVERSATION)
+                .map(|i| format!("c{c}-{i:02}"))
+                .collect();
+            (texts, gap_free, sent)
+        })
+        .collect()
+}
+
 async fn conversations(stack: &Stack) -> Vec<String> {
     let mut out = Vec::new();
     for c in 0..CONVERSATIONS {
@@ -119,9 +143,10 @@ async fn conversations(stack: &Stack) -> Vec<String> {
     out
 }
 
-/// Two processes split the partitions; one is told to stop in the middle of the load. The
-/// other takes every partition over, and each conversation holds its messages exactly once,
-/// gap-free and in the order sent. Prints the hand-over time (from SIGTERM to the survivor
+/// Two processes split the partitions; one is told to stop in the middle of the load while it
+/// holds commands (a conversation of its is locked, so its lane queues). The other takes every
+/// partition over, and each conversation holds its messages exactly once, gap-free and in the
+/// order sent: the taker pulls only once the handed-back commands are deliverable again. Prints the hand-over time (from SIGTERM to the survivor
 /// serving every partition).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopping_process_hands_its_partitions_over_in_order() {
@@ -135,11 +160,32 @@ async fn a_stopping_process_hands_its_partitions_over_in_order() {
         "one process serves nothing: {split:?}"
     );
 
+    // The stopping process must hold commands when it stops, or the hand-over has nothing to
+    // keep in order: a conversation it serves is locked in Postgres, so its lane blocks and
+    // the conversation's next messages (and those of its lane's other conversations) queue.
+    let partitions = stack.settings.jetstream.partitions;
+    let held = conversations
+        .iter()
+        .find(|c| {
+            let id = uuid::Uuid::parse_str(c).expect("conversation id");
+            split[0].contains(&RouteHash::of(&id).partition(partitions).0)
+        })
+        .expect("a conversation the stopping process serves")
+        .clone();
+    let mut blocker = stack.db.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
+        .bind(&held)
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+
     let handed_over = std::sync::Mutex::new(None);
     send_all(&stack, &conversations, || async {
         let at = Instant::now();
         stack.signal(&first, "TERM");
-        let all: Vec<u16> = (0..stack.settings.jetstream.partitions).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        blocker.rollback().await.expect("unlock");
+        let all: Vec<u16> = (0..partitions).collect();
         while stack.partitions_served(&second, "messages").await != all {
             assert!(at.elapsed() < Duration::from_secs(20), "no hand-over");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -155,21 +201,11 @@ async fn a_stopping_process_hands_its_partitions_over_in_order() {
         stack.wait_exit(&first, Duration::from_secs(20)).await,
         "the stopping worker did not exit cleanly"
     );
-    stack
-        .wait_count(
-            "SELECT count(*) FROM messages",
-            (CONVERSATIONS * PER_CONVERSATION) as i64,
-            Duration::from_secs(30),
-        )
-        .await;
-    for (c, (texts, gap_free)) in texts_by_conversation(&stack, &conversations)
+    for (c, (texts, gap_free, sent)) in settled(&stack, &conversations)
         .await
         .into_iter()
         .enumerate()
     {
-        let sent: Vec<String> = (0..PER_CONVERSATION)
-            .map(|i| format!("c{c}-{i:02}"))
-            .collect();
         assert_eq!(
             texts, sent,
             "conversation {c}: not once each, in the order sent"
@@ -202,24 +238,18 @@ async fn a_killed_processs_partitions_are_taken_over() {
         assert!(Instant::now() < deadline, "the survivor never took over");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stack
-        .wait_count(
-            "SELECT count(*) FROM messages",
-            (CONVERSATIONS * PER_CONVERSATION) as i64,
-            Duration::from_secs(30),
-        )
-        .await;
-    for (c, (texts, gap_free)) in texts_by_conversation(&stack, &conversations)
+    for (c, (texts, gap_free, sent)) in settled(&stack, &conversations)
         .await
         .into_iter()
         .enumerate()
     {
-        let got: BTreeSet<String> = texts.iter().cloned().collect();
-        let sent: BTreeSet<String> = (0..PER_CONVERSATION)
-            .map(|i| format!("c{c}-{i:02}"))
-            .collect();
+        let got: BTreeSet<&String> = texts.iter().collect();
         assert_eq!(texts.len(), PER_CONVERSATION, "conversation {c}: {texts:?}");
-        assert_eq!(got, sent, "conversation {c}: lost or applied twice");
+        assert_eq!(
+            got,
+            sent.iter().collect(),
+            "conversation {c}: lost or applied twice"
+        );
         assert!(gap_free, "conversation {c}: its seqs have a gap");
     }
     stack.wait_pending(0, Duration::from_secs(10)).await;

@@ -14,6 +14,9 @@ use crate::pool::{Delivery, Worker};
 /// request under way to end.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
 
+/// How long past the server's expiry of a pull request the client stops reading it.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(50);
+
 /// Why a partition's pull stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stop {
@@ -79,7 +82,11 @@ impl Worker {
                 }
             };
             let mut batch = std::pin::pin!(batch);
-            while let Some(msg) = batch.next().await {
+            // The server ends the request at PULL_EXPIRES; the client's own end of the batch
+            // may wait seconds more for a status that does not come (seen: 5 s stalls at
+            // 500 msgs/s), so stop reading just past the server's expiry and ask again.
+            let ends = tokio::time::Instant::now() + PULL_EXPIRES + EXPIRY_MARGIN;
+            while let Ok(Some(msg)) = tokio::time::timeout_at(ends, batch.next()).await {
                 match msg {
                     // Sent after a stop: what a stopping process was sent goes back; what a
                     // process giving the partition up was sent, it still applies.
