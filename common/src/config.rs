@@ -208,6 +208,7 @@ impl Default for Settings {
             worker: WorkerSettings {
                 batch_size: 64,
                 concurrency: 2,
+                linger_ms: 8,
                 relay_interval_ms: 1000,
                 relay_grace_ms: 2000,
                 scheduler_tick_ms: 250,

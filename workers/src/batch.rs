@@ -62,6 +62,7 @@ impl Worker {
             msg,
             envelope,
             delivered,
+            ..
         } in batch
         {
             match envelope {

@@ -25,6 +25,7 @@ pub mod backlog;
 mod batch;
 pub mod error;
 pub mod failures;
+mod linger;
 mod membership;
 pub mod messages;
 mod partitions;

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 pub use crate::apply::Applied;
 use crate::apply::PublishedMark;
 use crate::batch::{Marks, Settlement, take_marks};
+use crate::linger::Linger;
 use crate::membership::Membership;
 use crate::partitions::Served;
 use crate::publish::Publisher;
@@ -41,6 +42,8 @@ pub(crate) struct Delivery {
     /// `Err` carries why it could not be decoded (it is dead-lettered at once).
     pub envelope: Result<CommandEnvelope, String>,
     pub delivered: i64,
+    /// When it was pulled: a lane's wait for more counts from its oldest command.
+    pub pulled_at: tokio::time::Instant,
 }
 
 /// Shared by every pool task of a process. Cheap to clone.
@@ -195,6 +198,7 @@ impl Worker {
         hand_back: watch::Receiver<bool>,
     ) {
         let mut batch = Vec::with_capacity(batch_size);
+        let mut linger = Linger::new(Duration::from_millis(self.settings().worker.linger_ms));
         loop {
             // Published marks ride on the next batch's transaction; an idle lane writes them
             // on their own, well inside the relay's grace.
@@ -212,6 +216,17 @@ impl Worker {
             };
             if received == 0 {
                 break;
+            }
+            let wait = linger.after_take(received, tokio::time::Instant::now());
+            if !wait.is_zero() && batch.len() < batch_size {
+                let until = batch[0].pulled_at + wait;
+                while batch.len() < batch_size {
+                    let room = batch_size - batch.len();
+                    match tokio::time::timeout_at(until, queue.recv_many(&mut batch, room)).await {
+                        Ok(n) if n > 0 => linger.took_more(n),
+                        _ => break,
+                    }
+                }
             }
             if *hand_back.borrow() {
                 tracing::info!(commands = batch.len(), "handing back commands not started");

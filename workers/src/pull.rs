@@ -140,6 +140,7 @@ pub(crate) fn decode(msg: jetstream::Message) -> Delivery {
         msg,
         envelope,
         delivered,
+        pulled_at: tokio::time::Instant::now(),
     }
 }
 
