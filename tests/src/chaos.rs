@@ -154,8 +154,10 @@ impl Fleet {
         public
     }
 
-    /// Starts replica `name` (again) on its addresses and waits until it is ready. A process
-    /// that exits at once (its port still held for a moment after a kill) is started again.
+    /// Starts replica `name` (again) on its addresses and waits until it is ready, as a
+    /// supervisor would: a process that exits before it is ready (its port still held for a
+    /// moment after a kill, JetStream still electing leaders after a node came back) is
+    /// started again, for up to a minute.
     pub async fn restart(&mut self, name: &str) {
         let spec = self.specs.get(name).expect("known replica");
         let (bin, env, public) = (
@@ -163,19 +165,36 @@ impl Fleet {
             spec.env.clone(),
             spec.public.clone(),
         );
-        for _ in 0..10 {
-            self.stack.spawn_with_env(name, &bin, &[], &env);
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let exited = self
+        let admin = self.stack.admin_url(&public);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
+            let running = self
                 .stack
                 .children
                 .get_mut(name)
-                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
-            if !exited {
-                break;
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if !running {
+                self.stack.spawn_with_env(name, &bin, &[], &env);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if self.ready(&admin).await {
+                return;
             }
         }
-        self.stack.wait_ready(&public).await;
+        panic!(
+            "{name} never became ready; see {}",
+            self.stack.log_dir().display()
+        );
+    }
+
+    /// Whether the replica with this admin listener answers ready, for this deployment.
+    async fn ready(&self, admin: &str) -> bool {
+        let Ok(reply) = self.stack.http.get(format!("{admin}/readyz")).send().await else {
+            return false;
+        };
+        let ok = reply.status().is_success();
+        let body: serde_json::Value = reply.json().await.unwrap_or_default();
+        ok && body["prefix"] == self.stack.settings.subject_prefix.as_str()
     }
 
     /// SIGKILL of replica `name` (`api-0`, `fanout-1`, ...).

@@ -27,6 +27,8 @@ pub struct Sent {
     pub attempts: u32,
     /// Refused by ingress (status), or a socket command whose ack never came (`Some(0)`).
     pub refused: Option<u16>,
+    /// The refusal's body, to tell what was wrong.
+    pub note: Option<String>,
 }
 
 /// What the clients recorded, shared by their tasks.
@@ -151,6 +153,7 @@ async fn via_http(
         first_try: Instant::now(),
         attempts: 0,
         refused: None,
+        note: None,
     };
     let deadline = sent.first_try + Duration::from_secs(120);
     let mut at = key.len(); // spread first attempts over the replicas
@@ -176,6 +179,7 @@ async fn via_http(
             Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {}
             Ok(r) => {
                 sent.refused = Some(r.status().as_u16());
+                sent.note = r.text().await.ok();
                 return sent;
             }
             Err(_) => {} // the replica is gone: try the other
@@ -209,6 +213,7 @@ async fn via_socket(
         operation,
         text,
         refused,
+        note: ack.map(|a| a.to_string()),
         command_id,
         first_try,
         attempts: 1,

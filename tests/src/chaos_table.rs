@@ -79,6 +79,8 @@ pub struct Table {
     pub committed: usize,
     pub rejected: usize,
     pub lost: usize,
+    /// The first few lost or refused commands, to start looking.
+    pub examples: Vec<String>,
     pub applied_twice: usize,
     pub refused_at_ingress: usize,
     pub socket_no_ack: usize,
@@ -138,18 +140,21 @@ impl Table {
                             // A message-creating command must have left its message.
                             if let Some(text) = &s.text {
                                 match bodies.get(text).copied().unwrap_or(0) {
-                                    0 => t.lost += 1,
+                                    0 => t.lose(s, "committed, no message"),
                                     1 => {}
                                     _ => t.applied_twice += 1,
                                 }
                             }
                         }
                         Some(_) => t.rejected += 1,
-                        None => t.lost += 1,
+                        None => t.lose(s, "no commands row"),
                     }
                 }
                 (None, Some(0)) => t.socket_no_ack += 1,
-                (None, Some(_)) => t.refused_at_ingress += 1,
+                (None, Some(_)) => {
+                    t.refused_at_ingress += 1;
+                    t.example(s, &format!("refused {:?}: {:?}", s.refused, s.note));
+                }
                 (None, None) => t.never_accepted += 1,
             }
         }
@@ -173,6 +178,20 @@ impl Table {
         t.judge_sockets(&last_seqs(db).await, users, floors);
         t.judge_faults(&sent, users, phases);
         t
+    }
+
+    fn lose(&mut self, s: &Sent, why: &str) {
+        self.lost += 1;
+        self.example(s, why);
+    }
+
+    fn example(&mut self, s: &Sent, why: &str) {
+        if self.examples.len() < 8 {
+            self.examples.push(format!(
+                "{} {:?} {:?}: {why}",
+                s.operation, s.text, s.command_id
+            ));
+        }
     }
 
     /// Gaps, duplicates and out-of-order deliveries of each socket in its conversation, over
@@ -277,6 +296,9 @@ impl Table {
         out += "\n| fault | drain after repair (s) | p99 POST -> socket in fault window (ms) | samples |\n|---|---|---|---|\n";
         for (name, drain, p99, n) in &self.faults {
             out += &format!("| {name} | {drain:.1} | {p99:.0} | {n} |\n");
+        }
+        for example in &self.examples {
+            out += &format!("- {example}\n");
         }
         out
     }

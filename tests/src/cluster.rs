@@ -139,6 +139,22 @@ impl NatsCluster {
         panic!("cluster node {i} did not come up");
     }
 
+    /// Waits until node `i` says it is healthy (`/healthz`: JetStream enabled and its streams
+    /// and consumers current): a node brought back is part of the cluster again.
+    pub async fn wait_healthy(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}/healthz", self.nodes[i].monitor_port);
+        for _ in 0..600 {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cluster node {i} never became healthy");
+    }
+
     /// SIGKILL: the node gets no chance to hand over leadership.
     pub async fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
