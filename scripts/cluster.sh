@@ -82,8 +82,11 @@ export ALLO_NATS_URL
 ALLO_NATS_URL=$(IFS=,; echo "${urls[*]}")
 
 ensure_postgres "$ALLO_DATABASE_URL"
-log "building ($profile)"
-if [ "$profile" = release ]; then cargo build --release --bins -q; else cargo build --bins -q; fi
+# ALLO_SKIP_BUILD=1: use the binaries already in target/<profile> (e.g. built by cargo test).
+if [ -z "${ALLO_SKIP_BUILD:-}" ]; then
+  log "building ($profile)"
+  if [ "$profile" = release ]; then cargo build --release --bins -q; else cargo build --bins -q; fi
+fi
 bin="$ALLO_ROOT/target/$profile"
 "$bin/allo-workers" migrate >/dev/null
 

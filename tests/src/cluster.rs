@@ -191,6 +191,7 @@ impl Drop for NatsCluster {
     fn drop(&mut self) {
         for node in &self.nodes {
             let _ = std::fs::remove_dir_all(&node.store);
+            let _ = std::fs::remove_file(node.store.with_extension("log"));
         }
     }
 }

@@ -16,9 +16,9 @@ use serde_json::json;
 const CONVERSATIONS: usize = 8;
 const MESSAGES_PER_CONVERSATION: usize = 40;
 
-/// Per fan-out connection (by client id): (messages on conversation subscriptions by
-/// conversation, messages the connection received in all).
-type Counts = HashMap<u64, (HashMap<String, u64>, u64)>;
+/// Per fan-out connection (by client id): its subscriptions to `<prefix>.evt.…` by sid
+/// (subject, messages delivered on it), and the messages the connection received in all.
+type Counts = HashMap<u64, (HashMap<String, (String, u64)>, u64)>;
 
 async fn fanout_counts(fleet: &Fleet, prefix: &str) -> Counts {
     let mut counts = Counts::new();
@@ -26,24 +26,23 @@ async fn fanout_counts(fleet: &Fleet, prefix: &str) -> Counts {
         if conn["name"] != "allo-fanout" {
             continue;
         }
-        let mut per_conversation = HashMap::new();
+        let mut subs = HashMap::new();
         for sub in conn["subscriptions_list_detail"]
             .as_array()
             .into_iter()
             .flatten()
         {
             let subject = sub["subject"].as_str().unwrap_or("");
-            if let Some(rest) = subject.strip_prefix(&format!("{prefix}.evt."))
-                && let Some(conv) = rest.strip_suffix(".>")
-            {
-                per_conversation.insert(conv.to_string(), sub["msgs"].as_u64().unwrap_or(0));
+            if subject.starts_with(&format!("{prefix}.evt.")) {
+                let sid = sub["sid"].as_str().unwrap_or("").to_string();
+                subs.insert(
+                    sid,
+                    (subject.to_string(), sub["msgs"].as_u64().unwrap_or(0)),
+                );
             }
         }
         let cid = conn["cid"].as_u64().expect("cid");
-        counts.insert(
-            cid,
-            (per_conversation, conn["out_msgs"].as_u64().unwrap_or(0)),
-        );
+        counts.insert(cid, (subs, conn["out_msgs"].as_u64().unwrap_or(0)));
     }
     counts
 }
@@ -110,15 +109,14 @@ async fn each_fanout_replica_receives_only_its_conversations_events() {
             Duration::from_secs(60),
         )
         .await;
-    // Every socket has seen its conversation's last event, so NATS has delivered them all.
+    // Until every socket has seen its conversation's last event (NATS has delivered them
+    // all), for up to 30 s; a socket still behind fails the test after the counts are judged.
     let last: HashMap<String, i64> = last_seqs(&fleet.stack.db).await;
+    let caught_up =
+        |i: usize| sockets[i].last_seq(&conversations[i / 2]) >= last[&conversations[i / 2]];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    for (i, socket) in sockets.iter().enumerate() {
-        let conv = &conversations[i / 2];
-        while socket.last_seq(conv) < last[conv] {
-            assert!(tokio::time::Instant::now() < deadline, "socket {i} behind");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    while !(0..sockets.len()).all(caught_up) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = fanout_counts(&fleet, &prefix).await;
 
@@ -130,39 +128,50 @@ async fn each_fanout_replica_receives_only_its_conversations_events() {
     let mut report = Vec::new();
     for (cid, (subs, out_after)) in &after {
         let (subs_before, out_before) = before.get(cid).expect("same connections");
-        let own: u64 = subs.keys().map(|c| events[c]).sum();
+        let received = out_after - out_before;
         let on_subs: u64 = subs
             .iter()
-            .map(|(c, n)| n - subs_before.get(c).copied().unwrap_or(0))
+            .map(|(sid, (_, n))| n - subs_before.get(sid).map_or(0, |(_, n)| *n))
             .sum();
-        let received = out_after - out_before;
-        // Its subscriptions are exactly the conversations its sockets joined: one half.
-        let halves: std::collections::HashSet<usize> = subs
-            .keys()
-            .map(|c| conversations.iter().position(|x| x == c).expect("ours") % 2)
+        // The conversations it subscribed to, by subject, and their events.
+        let joined: Vec<usize> = subs
+            .values()
+            .filter_map(|(subject, _)| {
+                conversations
+                    .iter()
+                    .position(|c| *subject == format!("{prefix}.evt.{c}.>"))
+            })
             .collect();
-        assert_eq!(
-            (subs.len(), halves.len()),
-            (CONVERSATIONS / 2, 1),
-            "connection {cid}: {subs:?}"
-        );
-        // ...each of their events arrived once on them...
-        assert_eq!(
-            on_subs, own,
-            "connection {cid}: events on its subscriptions"
-        );
-        // ...and nothing else of note: what else reached the connection (other replicas'
-        // presence signals, JetStream API replies) is small beside the other half's events.
+        let own: u64 = joined.iter().map(|k| events[&conversations[*k]]).sum();
+        // What NATS delivered to the connection is its conversations' events and little else
+        // (presence signals, JetStream API replies), nothing like the other half's events...
         assert!(
             received < own + (all_events - own) / 10,
             "connection {cid} received {received} messages for {own} events of its own \
              ({all_events} in all)"
         );
-        report.push(json!({"connection": cid, "conversations": subs.len(),
+        // ...each of them once, on its subscription...
+        assert_eq!(
+            on_subs, own,
+            "connection {cid}: events on its subscriptions"
+        );
+        // ...and it subscribed to exactly one half: the conversations its sockets joined.
+        let halves: std::collections::HashSet<usize> = joined.iter().map(|k| k % 2).collect();
+        assert_eq!(
+            (joined.len(), subs.len(), halves.len()),
+            (CONVERSATIONS / 2, CONVERSATIONS / 2, 1),
+            "connection {cid}: {subs:?}"
+        );
+        report.push(json!({"connection": cid, "conversations": joined.len(),
             "own_events": own, "on_conversation_subscriptions": on_subs,
             "messages_received": received, "events_in_all": all_events}));
     }
     assert_eq!(report.len(), 2, "two fan-out connections");
+    let behind: Vec<usize> = (0..sockets.len()).filter(|i| !caught_up(*i)).collect();
+    assert!(
+        behind.is_empty(),
+        "sockets behind their conversations: {behind:?}"
+    );
     println!("interest-based fan-out (counted by nats-server /connz):");
     for line in report {
         println!("  {line}");
