@@ -23,7 +23,7 @@ pub struct Sent {
     /// `Some` once the service accepted it (202, or an accepting socket ack).
     pub command_id: Option<String>,
     pub first_try: Instant,
-    /// HTTP attempts, or 1 for a socket command.
+    /// Attempts (HTTP requests, or socket emits after 503/429 acks).
     pub attempts: u32,
     /// Refused by ingress (status), or a socket command whose ack never came (`Some(0)`).
     pub refused: Option<u16>,
@@ -189,8 +189,9 @@ async fn via_http(
     sent
 }
 
-/// Emits the command on the user's socket. No ack (the replica died first) leaves the outcome
-/// unknown to the client, which does not send it again: it has no key to make that safe.
+/// Emits the command on the user's socket, again after a 503 or 429 ack (which says nothing
+/// was accepted). No ack at all (the replica died first) leaves the outcome unknown to the
+/// client, which does not send it again: it has no key to make that safe.
 async fn via_socket(
     user: &User,
     operation: &'static str,
@@ -198,25 +199,35 @@ async fn via_socket(
     text: Option<String>,
 ) -> Sent {
     let first_try = Instant::now();
-    let ack = user.socket.emit(operation, body).await;
-    let command_id = ack
-        .as_ref()
-        .filter(|a| a["status"] == "accepted")
-        .and_then(|a| a["commandId"].as_str().map(String::from));
-    let refused = match (&ack, &command_id) {
-        (_, Some(_)) => None,
-        (None, None) => Some(0),
-        (Some(a), None) => Some(a["status"].as_u64().map_or(1, |s| s as u16)),
-    };
-    Sent {
-        user: user.name.clone(),
-        operation,
-        text,
-        refused,
-        note: ack.map(|a| a.to_string()),
-        command_id,
-        first_try,
-        attempts: 1,
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let ack = user.socket.emit(operation, body.clone()).await;
+        let status = ack.as_ref().map(|a| a["error"]["status"].as_u64());
+        let command_id = ack
+            .as_ref()
+            .filter(|a| a["status"] == "accepted")
+            .and_then(|a| a["commandId"].as_str().map(String::from));
+        let retry = matches!(status, Some(Some(503 | 429)));
+        if retry && first_try.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let refused = match (status, &command_id) {
+            (_, Some(_)) => None,
+            (None, None) => Some(0),
+            (Some(s), None) => Some(s.map_or(1, |s| s as u16)),
+        };
+        return Sent {
+            user: user.name.clone(),
+            operation,
+            text,
+            refused,
+            note: ack.map(|a| a.to_string()),
+            command_id,
+            first_try,
+            attempts,
+        };
     }
 }
 

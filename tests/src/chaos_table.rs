@@ -270,7 +270,7 @@ impl Table {
                 "seq gaps in Postgres (must be 0)",
                 self.postgres_seq_gaps.to_string(),
             ),
-            ("accepted after a retry (HTTP)", self.retried.to_string()),
+            ("accepted after a retry", self.retried.to_string()),
             (
                 "refused by ingress (4xx)",
                 self.refused_at_ingress.to_string(),
