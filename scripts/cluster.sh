@@ -90,12 +90,34 @@ fi
 bin="$ALLO_ROOT/target/$profile"
 "$bin/allo-workers" migrate >/dev/null
 
+# Starts a worker and waits until it serves partitions. On a cluster that has just elected its
+# leaders, provisioning the R3 streams can time out and the process exits: it is started again,
+# as a supervisor would.
+start_worker_until_serving() {
+  local name=$1 port=$2 pool=$3 try t pid
+  for try in 1 2 3 4 5; do
+    start_child "$name" env $(nats_env workers) ALLO_WORKER__METRICS_ADDR="127.0.0.1:$port" \
+      "$bin/allo-workers" --pool "$pool"
+    pid=${CHILD_PIDS[-1]}
+    for t in $(seq 1 150); do
+      curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null \
+        | grep -qE '^allo_pool_partitions_served\{[^}]*\} [1-9]' && return 0
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -0 "$pid" 2>/dev/null && return 0 # alive, only slow
+    unset 'CHILD_PIDS[-1]'
+    log "$name exited during start-up (see $ALLO_DATA/logs/$name.log); starting it again"
+    sleep 1
+  done
+  return 1
+}
+
 # Workers first (they provision streams and consumers): 2 processes of each pool.
 k=0
 for pool in messages scheduler reports polls; do
   for r in 0 1; do
-    start_child "workers-$pool-$r" env $(nats_env workers) \
-      ALLO_WORKER__METRICS_ADDR="127.0.0.1:$((http + 200 + k))" "$bin/allo-workers" --pool "$pool"
+    start_worker_until_serving "workers-$pool-$r" $((http + 200 + k)) "$pool" || exit 1
     k=$((k + 1))
   done
 done

@@ -34,7 +34,8 @@ fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Ends a fault: waits until every command accepted so far is settled in Postgres.
+/// Ends a fault: waits until every command accepted so far is settled in Postgres. Its
+/// window for latencies is from `start` to that moment.
 async fn phase(fleet: &Fleet, record: &Record, name: &str, start: Instant) -> Phase {
     let healed = Instant::now();
     let ids = accepted_ids(record);
@@ -50,6 +51,9 @@ async fn phase(fleet: &Fleet, record: &Record, name: &str, start: Instant) -> Ph
         (drained - healed).as_secs_f64(),
         ids.len()
     );
+    // A quiet gap before the next fault: a command first tried at the end of this window is
+    // done before the next fault begins, so its latency is not charged to this one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     Phase {
         name: name.into(),
         start,
