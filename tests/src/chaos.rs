@@ -121,6 +121,50 @@ impl Fleet {
         name
     }
 
+    /// SIGKILLs a process of `pool` while it holds commands, if one does within 5 s: NATS says
+    /// which partition consumers have deliveries not yet acked, and the processes' metrics
+    /// which process serves them (used to pick the victim, not to judge the run). Otherwise
+    /// the first process. Returns its name.
+    pub async fn kill_worker_holding(&mut self, pool: &'static str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(name) = self.worker_holding(pool).await {
+                self.workers
+                    .get_mut(pool)
+                    .expect("pool")
+                    .retain(|n| *n != name);
+                self.stack.kill(&name).await;
+                return name;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.kill_worker(pool).await
+    }
+
+    async fn worker_holding(&self, pool: &'static str) -> Option<String> {
+        let parsed = allo_common::ops::Pool::parse(pool)?;
+        let subjects = allo_common::subjects::Subjects::of(&self.stack.settings);
+        let js = async_nats::jetstream::new(self.stack.nats.clone());
+        let stream = js.get_stream(subjects.command_stream()).await.ok()?;
+        for partition in subjects.all_partitions() {
+            let consumer = subjects.partition_consumer(parsed, partition);
+            let held = stream.consumer_info(consumer).await.ok()?.num_ack_pending;
+            if held == 0 {
+                continue;
+            }
+            for name in &self.workers[pool] {
+                let served = self.stack.partitions_served(name, pool).await;
+                if served
+                    .iter()
+                    .any(|p| p.to_string() == partition.to_string())
+                {
+                    return Some(name.clone());
+                }
+            }
+        }
+        None
+    }
+
     /// SIGTERMs the first process of `pool` and waits for it to exit; whether it exited cleanly.
     pub async fn terminate_worker(&mut self, pool: &'static str) -> bool {
         let name = self.workers.get_mut(pool).expect("pool").remove(0);

@@ -124,7 +124,7 @@ async fn a_chaos_run_loses_nothing() {
 
     let start = Instant::now();
     for pool in POOLS {
-        fleet.kill_worker(pool).await;
+        fleet.kill_worker_holding(pool).await;
     }
     tokio::time::sleep(hold).await;
     for pool in POOLS {
