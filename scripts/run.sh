@@ -21,15 +21,7 @@ export ALLO_API_ADMIN_ADDR="${ALLO_API_ADMIN_ADDR:-127.0.0.1:5100}"
 export ALLO_FANOUT_ADMIN_ADDR="${ALLO_FANOUT_ADMIN_ADDR:-127.0.0.1:5101}"
 profile="${ALLO_PROFILE:-debug}"
 
-children=()
-shutdown() {
-  trap - INT TERM EXIT
-  log "stopping"
-  for pid in "${children[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
-  stop_started_services
-}
-trap shutdown EXIT
+trap 'stop_children; stop_started_services' EXIT
 trap 'exit 0' INT TERM
 
 ensure_nats "$ALLO_NATS_URL"
@@ -40,19 +32,15 @@ if [ "$profile" = release ]; then cargo build --release --bins -q; else cargo bu
 bin="$ALLO_ROOT/target/$profile"
 
 "$bin/allo-workers" migrate >/dev/null
-logs="$ALLO_DATA/logs"; mkdir -p "$logs"
+logs="$ALLO_DATA/logs"
 # Each service connects as its own NATS user (nats.conf), allowed only its subjects.
-env $(nats_env workers) "$bin/allo-workers" >"$logs/workers.log" 2>&1 & children+=($!)
-env $(nats_env api) "$bin/allo-api" >"$logs/api.log" 2>&1 & children+=($!)
-env $(nats_env fanout) "$bin/allo-fanout" >"$logs/fanout.log" 2>&1 & children+=($!)
+start_child workers env $(nats_env workers) "$bin/allo-workers"
+start_child api env $(nats_env api) "$bin/allo-api"
+start_child fanout env $(nats_env fanout) "$bin/allo-fanout"
 
 # Readiness is on the operators' listeners, not the client-facing ports.
 for addr in "$ALLO_API_ADMIN_ADDR" "$ALLO_FANOUT_ADMIN_ADDR"; do
-  for i in $(seq 1 150); do
-    curl -fsS "http://$addr/readyz" >/dev/null 2>&1 && break
-    [ "$i" = 150 ] && { log "http://$addr/readyz never became ready; see $logs"; exit 1; }
-    sleep 0.2
-  done
+  wait_http_ready "http://$addr/readyz" || exit 1
 done
 
 cat <<INFO
@@ -68,5 +56,5 @@ Dev tokens (24 h):
   bob:   $("$bin/allo-api" token bob)
 Press Ctrl-C to stop.
 INFO
-wait -n "${children[@]}" || true
+wait_any_child
 log "a service exited; see $logs"

@@ -131,3 +131,37 @@ stop_started_services() {
   done <"$STARTED_PIDS_FILE"
   rm -f "$STARTED_PIDS_FILE"; STARTED_PIDS_FILE=""
 }
+
+# Services started in the background by run.sh and cluster.sh: `start_child <name> <command…>`
+# logs to $ALLO_DATA/logs/<name>.log; `stop_children` sends SIGTERM (each drains and exits) and
+# waits for all of them.
+CHILD_PIDS=()
+start_child() {
+  local name=$1; shift
+  mkdir -p "$ALLO_DATA/logs"
+  "$@" >"$ALLO_DATA/logs/$name.log" 2>&1 &
+  CHILD_PIDS+=($!)
+}
+
+stop_children() {
+  [ "${#CHILD_PIDS[@]}" -gt 0 ] || return 0
+  log "stopping"
+  local pid
+  for pid in "${CHILD_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${CHILD_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  CHILD_PIDS=()
+}
+
+# Returns when one of the children exits (the caller then stops the rest).
+wait_any_child() { wait -n "${CHILD_PIDS[@]}" || true; }
+
+# Waits up to 30 s for a readiness URL (the services' admin listeners) to answer 2xx.
+wait_http_ready() {
+  local url=$1 i
+  for i in $(seq 1 150); do
+    curl -fsS "$url" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  log "$url never became ready; see $ALLO_DATA/logs"
+  return 1
+}

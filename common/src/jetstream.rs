@@ -207,6 +207,30 @@ pub async fn connect(
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(&settings.nats_url)
+        .connect(server_list(&settings.nats_url))
         .await
+}
+
+/// `ALLO_NATS_URL` may list several servers, comma-separated, as NATS tools take them: a
+/// service then starts (and reconnects) through any node of a cluster that answers, not only
+/// the first. async-nats parses a `&str` as one address, so the list is split here.
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_list;
+
+    #[test]
+    fn a_comma_separated_nats_url_is_every_server_of_the_list() {
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4223,nats://c:4224"),
+            ["nats://a:4222", "nats://b:4223", "nats://c:4224"]
+        );
+        assert_eq!(server_list("nats://a:4222"), ["nats://a:4222"]);
+    }
 }

@@ -12,6 +12,9 @@ use crate::free_port;
 struct Node {
     port: u16,
     cluster_port: u16,
+    /// nats-server's monitoring listener (`/connz`): what each client connection received,
+    /// counted by NATS, not by Allo.
+    monitor_port: u16,
     store: PathBuf,
     child: Option<Child>,
 }
@@ -27,6 +30,7 @@ impl NatsCluster {
             .map(|i| Node {
                 port: free_port(),
                 cluster_port: free_port(),
+                monitor_port: free_port(),
                 store: std::env::temp_dir().join(format!(
                     "allo-cluster-{}-{i}",
                     uuid::Uuid::new_v4().simple()
@@ -47,6 +51,40 @@ impl NatsCluster {
         format!("nats://127.0.0.1:{}", self.nodes[i].port)
     }
 
+    /// Every node's client URL, comma-separated (`ALLO_NATS_URL` for services that should
+    /// reconnect to any node).
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client connections of every running node, with each subscription's message count
+    /// (`/connz?subs=detail`).
+    pub async fn connections(&self) -> Vec<serde_json::Value> {
+        let http = reqwest::Client::new();
+        let mut all = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let url = format!(
+                "http://127.0.0.1:{}/connz?subs=detail&limit=100000",
+                node.monitor_port
+            );
+            let body: serde_json::Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("nats monitoring")
+                .json()
+                .await
+                .expect("connz JSON");
+            if let Some(conns) = body["connections"].as_array() {
+                all.extend(conns.iter().cloned());
+            }
+        }
+        all
+    }
+
     /// Starts node `i` (again) on its ports and store.
     pub async fn resume(&mut self, i: usize) {
         let routes: Vec<String> = self
@@ -62,6 +100,8 @@ impl NatsCluster {
                 "127.0.0.1",
                 "-p",
                 &node.port.to_string(),
+                "-m",
+                &node.monitor_port.to_string(),
                 "-js",
                 "-sd",
             ])
@@ -97,6 +137,22 @@ impl NatsCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("cluster node {i} did not come up");
+    }
+
+    /// Waits until node `i` says it is healthy (`/healthz`: JetStream enabled and its streams
+    /// and consumers current): a node brought back is part of the cluster again.
+    pub async fn wait_healthy(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}/healthz", self.nodes[i].monitor_port);
+        for _ in 0..600 {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cluster node {i} never became healthy");
     }
 
     /// SIGKILL: the node gets no chance to hand over leadership.
@@ -135,6 +191,7 @@ impl Drop for NatsCluster {
     fn drop(&mut self) {
         for node in &self.nodes {
             let _ = std::fs::remove_dir_all(&node.store);
+            let _ = std::fs::remove_file(node.store.with_extension("log"));
         }
     }
 }

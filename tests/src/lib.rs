@@ -7,11 +7,15 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `ALLO_TEST_NATS_URL` (default
 //! `nats://127.0.0.1:4222`); `scripts/test.sh` starts both when they do not answer.
 
+pub mod chaos;
+pub mod chaos_load;
+pub mod chaos_table;
 pub mod cluster;
 pub mod infra;
 pub mod nats_users;
 pub mod privacy;
 pub mod python;
+pub mod sio;
 mod socket;
 
 use std::collections::HashMap;

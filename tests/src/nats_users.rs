@@ -80,10 +80,10 @@ impl NatsUsers {
                     password.to_string(),
                 )
                 .custom_inbox_prefix(allo_common::jetstream::inbox_prefix(&user))
-                .connect(url)
+                .connect(allo_common::jetstream::server_list(url))
                 .await
             }
-            None => async_nats::connect(url).await,
+            None => async_nats::connect(allo_common::jetstream::server_list(url)).await,
         }
     }
 }
