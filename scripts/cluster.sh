@@ -91,8 +91,8 @@ bin="$ALLO_ROOT/target/$profile"
 "$bin/allo-workers" migrate >/dev/null
 
 # Starts a worker and waits until it serves partitions. On a cluster that has just elected its
-# leaders, provisioning the R3 streams can time out and the process exits: it is started again,
-# as a supervisor would.
+# leaders, provisioning the R3 streams can time out; the process retries for a minute, and if it
+# still exits it is started again, as a supervisor would.
 start_worker_until_serving() {
   local name=$1 port=$2 pool=$3 try t pid
   for try in 1 2 3 4 5; do

@@ -149,8 +149,35 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
-/// Creates or updates the streams and every partition consumer of every pool.
+/// How long a starting service keeps trying to provision before it gives up. Right after a
+/// JetStream cluster elects its leaders (a fresh start, a node coming back, a quorum lost for
+/// a moment) creating replicated streams fails or times out for a few seconds, and services
+/// starting together can race to create the same stream; a service that exited on the first
+/// failure needed a supervisor to come up at all.
+const PROVISION_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Creates or updates the streams and every partition consumer of every pool, retrying with
+/// back-off for up to [`PROVISION_PATIENCE`].
 pub async fn provision(js: &jetstream::Context, settings: &Settings) -> Result<(), ProvisionError> {
+    let deadline = tokio::time::Instant::now() + PROVISION_PATIENCE;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match provision_once(js, settings).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot provision JetStream yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(4));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn provision_once(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> Result<(), ProvisionError> {
     let subjects = Subjects::of(settings);
     ensure_stream(js, command_stream_config(settings, &subjects)).await?;
     ensure_stream(js, event_stream_config(settings, &subjects)).await?;

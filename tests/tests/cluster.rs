@@ -90,3 +90,49 @@ async fn a_nats_node_killed_under_load_loses_nothing() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Services started while the cluster has no JetStream quorum (two of three nodes down) keep
+/// trying to provision their streams, and serve once the quorum is back, instead of exiting
+/// at start-up and waiting for a supervisor.
+#[tokio::test(flavor = "multi_thread")]
+async fn services_started_without_a_quorum_come_up_when_it_returns() {
+    let mut cluster = NatsCluster::start(3).await;
+    cluster.kill(1).await;
+    cluster.kill(2).await;
+    let url = cluster.url(0);
+    // Longer than a JetStream request waits, so a first attempt at provisioning fails.
+    let quorum_back = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        cluster.resume(1).await;
+        cluster.resume(2).await;
+        cluster
+    });
+    let stack = Stack::start(StackOptions {
+        nats_url: Some(url),
+        env: vec![("ALLO_JETSTREAM__REPLICAS".into(), "3".into())],
+        ..Default::default()
+    })
+    .await;
+    let _cluster = quorum_back.await.expect("cluster");
+    assert!(
+        stack
+            .log("worker-0")
+            .contains("cannot provision JetStream yet"),
+        "the worker started before the quorum was back"
+    );
+    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    let mut bob = stack.socket("bob").await;
+    bob.join(&conv).await;
+    stack
+        .act(
+            "alice",
+            "sendMessage",
+            json!({"conversationID": conv, "message": "after the election"}),
+        )
+        .await;
+    let event = bob
+        .next_named("message", Duration::from_secs(30))
+        .await
+        .expect("bob receives the message");
+    assert_eq!(event["message"], "after the election");
+}
