@@ -281,6 +281,13 @@ impl Settings {
                     .into(),
             ));
         }
+        if self.worker.linger_ms > 1000 {
+            // A lane holds what it has taken for up to this long: past a second it is an
+            // outage, not a batching choice (and `Instant + linger` must not overflow).
+            return Err(ConfigError::Invalid(
+                "worker.linger_ms must be at most 1000".into(),
+            ));
+        }
         if self.jetstream.max_deliver < 1
             || self.worker.batch_size == 0
             || self.worker.heartbeat_ms == 0
@@ -436,6 +443,15 @@ mod tests {
         assert!(settings.validate_auth().is_err());
         settings.auth.public_key_file = Some("/etc/allo/idp.pem".into());
         assert!(settings.validate_auth().is_ok());
+    }
+
+    #[test]
+    fn a_lane_linger_past_a_second_is_refused() {
+        let mut settings = Settings::default();
+        settings.worker.linger_ms = 1000;
+        assert!(settings.validate().is_ok());
+        settings.worker.linger_ms = 1001;
+        assert!(settings.validate().is_err());
     }
 
     #[test]

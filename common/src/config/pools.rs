@@ -39,7 +39,8 @@ pub struct WorkerSettings {
     /// cost Postgres about 1.5 times the CPU of 2 for the same load, 8 about twice
     /// (bench/openloop.sh). Raise it with the database's cores.
     pub concurrency: usize,
-    /// Longest a busy lane waits for more commands before applying a batch, in ms (0: never).
+    /// Longest a busy lane waits for more commands before applying a batch, in ms (0: never;
+    /// at most 1,000).
     /// Only while another command is due within it (crate `allo-workers`, `linger.rs`): a
     /// batch's cost is mostly fixed, so under load a few ms buy batches several times larger.
     pub linger_ms: u64,
