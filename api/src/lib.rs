@@ -56,7 +56,12 @@ impl AppState {
         let mut js = async_nats::jetstream::new(nats.clone());
         // A publish not acknowledged by then is reported as 503, not left hanging.
         js.set_timeout(Duration::from_secs(5));
-        allo_common::jetstream::provision(&js, &settings).await?;
+        allo_common::jetstream::provision(
+            &js,
+            &settings,
+            allo_common::jetstream::Provision::Streams,
+        )
+        .await?;
         Ok(Self {
             subjects: Subjects::of(&settings),
             keys,

@@ -156,13 +156,27 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
 /// failure needed a supervisor to come up at all.
 const PROVISION_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Creates or updates the streams and every partition consumer of every pool, retrying with
-/// back-off for up to [`PROVISION_PATIENCE`].
-pub async fn provision(js: &jetstream::Context, settings: &Settings) -> Result<(), ProvisionError> {
+/// What a starting service provisions. Every service needs the streams; only workers pull
+/// commands, so only they create the pools' consumers (a work-queue stream keeps what is
+/// published before then). Services starting together therefore do not all race to create
+/// the same consumers, and a worker of a newer version owns their configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provision {
+    Streams,
+    StreamsAndConsumers,
+}
+
+/// Creates or updates the streams and, for [`Provision::StreamsAndConsumers`], every partition
+/// consumer of every pool, retrying with back-off for up to [`PROVISION_PATIENCE`].
+pub async fn provision(
+    js: &jetstream::Context,
+    settings: &Settings,
+    what: Provision,
+) -> Result<(), ProvisionError> {
     let deadline = tokio::time::Instant::now() + PROVISION_PATIENCE;
     let mut pause = Duration::from_millis(250);
     loop {
-        match provision_once(js, settings).await {
+        match provision_once(js, settings, what).await {
             Ok(()) => return Ok(()),
             Err(e) if tokio::time::Instant::now() + pause < deadline => {
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot provision JetStream yet; retrying");
@@ -177,11 +191,15 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> Result<(
 async fn provision_once(
     js: &jetstream::Context,
     settings: &Settings,
+    what: Provision,
 ) -> Result<(), ProvisionError> {
     let subjects = Subjects::of(settings);
     ensure_stream(js, command_stream_config(settings, &subjects)).await?;
     ensure_stream(js, event_stream_config(settings, &subjects)).await?;
     ensure_stream(js, rate_stream_config(settings, &subjects)).await?;
+    if what == Provision::Streams {
+        return Ok(());
+    }
     let stream = js
         .get_stream(subjects.command_stream())
         .await

@@ -57,7 +57,12 @@ pub async fn serve(
     let nats = allo_common::jetstream::connect(&settings, "allo-fanout")
         .await
         .context("connecting to NATS")?;
-    allo_common::jetstream::provision(&async_nats::jetstream::new(nats.clone()), &settings).await?;
+    allo_common::jetstream::provision(
+        &async_nats::jetstream::new(nats.clone()),
+        &settings,
+        allo_common::jetstream::Provision::Streams,
+    )
+    .await?;
     let socket_buffer = settings.fanout.socket_buffer;
     let admin_addr = settings.fanout_admin_addr;
     let fanout = Arc::new(Fanout::new(settings, keys, db, nats));

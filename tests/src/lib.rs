@@ -224,10 +224,15 @@ pub struct Stack {
 /// A port that is free now, picked at random below Linux's ephemeral range (32768+): a port
 /// the kernel hands out could be taken by any outgoing connection, or by another test's
 /// server, before our process binds it.
+/// Never the same port twice in one test binary: tests run in parallel threads, and two of
+/// them picking one port before either process binds it would start one service that fails.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
@@ -352,11 +357,11 @@ impl Stack {
         }
         if options.api {
             stack.spawn("api", &bins.join("allo-api"), &[]);
-            stack.wait_ready(&stack.api_url.clone()).await;
+            stack.wait_ready("api", &stack.api_url.clone()).await;
         }
         if options.fanout {
             stack.spawn("fanout", &bins.join("allo-fanout"), &[]);
-            stack.wait_ready(&stack.fanout_url.clone()).await;
+            stack.wait_ready("fanout", &stack.fanout_url.clone()).await;
         }
         stack
     }
@@ -417,7 +422,7 @@ impl Stack {
     /// Starts the API (again, after `terminate("api")`) and waits until it is ready.
     pub async fn start_api(&mut self) {
         self.spawn("api", &binaries().join("allo-api"), &[]);
-        self.wait_ready(&self.api_url.clone()).await;
+        self.wait_ready("api", &self.api_url.clone()).await;
     }
 
     /// Starts one more `allo-workers` process (all pools) and waits until its consumers exist.
@@ -628,7 +633,7 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        self.wait_ready(&self.fanout_url.clone()).await;
+        self.wait_ready("fanout", &self.fanout_url.clone()).await;
     }
 
     /// Starts another fan-out replica on its own port; returns (process name, URL).
@@ -650,7 +655,7 @@ impl Stack {
         let url = format!("http://{addr}");
         self.admin_urls
             .insert(url.clone(), format!("http://{admin}"));
-        self.wait_ready(&url).await;
+        self.wait_ready(&name, &url).await;
         (name, url)
     }
 
@@ -692,10 +697,17 @@ impl Stack {
         matches!(exited, Ok(Ok(s)) if s.success())
     }
 
-    /// Waits for the replica serving clients at `public` to be ready (asked on its admin port).
-    async fn wait_ready(&self, public: &str) {
+    /// Waits for process `name`, serving clients at `public`, to be ready (asked on its admin
+    /// port). If it exits or stays unready, the panic quotes the end of its log.
+    async fn wait_ready(&mut self, name: &str, public: &str) {
         let base = self.admin_url(public);
-        for _ in 0..300 {
+        for _ in 0..600 {
+            if let Some(Ok(Some(status))) = self.children.get_mut(name).map(Child::try_wait) {
+                panic!(
+                    "{name} exited ({status}) before it was ready:\n{}",
+                    self.log_tail(name)
+                );
+            }
             // Ready, and ours: another test's server could hold the port if ours failed to bind.
             if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
                 && r.status().is_success()
@@ -709,7 +721,19 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("{base} never became ready; see {}", self.log_dir.display());
+        panic!(
+            "{name} at {base} never became ready; see {}:\n{}",
+            self.log_dir.display(),
+            self.log_tail(name)
+        );
+    }
+
+    /// The last lines of process `name`'s log, for a failure message (CI keeps only the output).
+    fn log_tail(&self, name: &str) -> String {
+        let log = std::fs::read_to_string(self.log_dir.join(format!("{name}.log")))
+            .unwrap_or_else(|e| format!("(no log: {e})"));
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// The keys this stack's processes trust (to mint expired or role-bearing tokens).

@@ -89,7 +89,12 @@ pub async fn run(
         .await
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(nats.clone());
-    allo_common::jetstream::provision(&js, &settings).await?;
+    allo_common::jetstream::provision(
+        &js,
+        &settings,
+        allo_common::jetstream::Provision::StreamsAndConsumers,
+    )
+    .await?;
 
     let metrics = allo_common::telemetry::metrics();
     if let Some(addr) = settings.worker.metrics_addr {
