@@ -810,14 +810,22 @@ impl Stack {
 
     /// Creates a conversation as `owner` and returns its id (waits for the commit).
     pub async fn create_conversation(&self, owner: &str, kind: &str, others: &[&str]) -> String {
+        let token = self.token(owner);
         let reply = self
             .post_wait(
-                &self.token(owner),
+                &token,
                 "createConversation",
                 serde_json::json!({"participants": others, "type": kind, "topic": "test"}),
             )
             .await;
-        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        if reply.status == 202
+            && let Some(command_id) = reply.body["commandId"].as_str()
+        {
+            let outcome = self.outcome(&token, command_id).await;
+            assert_eq!(outcome["status"], "committed", "{outcome}");
+        } else {
+            assert_eq!(reply.status, 201, "{:?}", reply.body);
+        }
         reply.body["conversationID"]
             .as_str()
             .expect("conversationID")
@@ -825,8 +833,21 @@ impl Stack {
     }
 
     /// Runs a command and waits for it; panics unless it was applied. Returns its `result`.
+    /// A command still queued when `Prefer: wait` ran out (202, on a loaded machine) is
+    /// followed as a client would, through `GET /api/commands/{id}`.
     pub async fn act(&self, user: &str, op: &str, body: Value) -> Value {
-        let reply = self.post_wait(&self.token(user), op, body.clone()).await;
+        let token = self.token(user);
+        let reply = self.post_wait(&token, op, body.clone()).await;
+        if reply.status == 202
+            && let Some(command_id) = reply.body["commandId"].as_str()
+        {
+            let outcome = self.outcome(&token, command_id).await;
+            assert_eq!(
+                outcome["status"], "committed",
+                "{user} {op} {body}: {outcome}"
+            );
+            return outcome["result"].clone();
+        }
         assert!(
             matches!(reply.status, 200 | 201),
             "{user} {op} {body}: {} {:?}",
