@@ -459,8 +459,16 @@ impl Stack {
             )],
         );
         self.worker_metrics.insert(name.clone(), port);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // A starting service may retry provisioning for a minute (a JetStream cluster without
+        // quorum, cluster::services_started_without_a_quorum…), each try waiting up to 10 s.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(75);
         while tokio::time::Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.children.get_mut(&name).map(Child::try_wait) {
+                panic!(
+                    "{name} exited ({status}) before it served:\n{}",
+                    self.log_tail(&name)
+                );
+            }
             if let Some(text) = self.metrics_of(&name).await {
                 let serving = |pool: &String| {
                     metric_sum(
@@ -476,8 +484,9 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "{name} did not start serving {pools:?}; see {}",
-            self.log_dir.display()
+            "{name} did not start serving {pools:?}; see {}:\n{}",
+            self.log_dir.display(),
+            self.log_tail(&name)
         );
     }
 

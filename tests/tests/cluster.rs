@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use allo_e2e::cluster::NatsCluster;
-use allo_e2e::{Stack, StackOptions, id};
+use allo_e2e::{Stack, StackOptions, id, workspace_root};
 use serde_json::json;
 
 const MESSAGES: usize = 60;
@@ -100,14 +100,28 @@ async fn services_started_without_a_quorum_come_up_when_it_returns() {
     cluster.kill(1).await;
     cluster.kill(2).await;
     let url = cluster.url(0);
-    // Longer than a JetStream request waits, so a first attempt at provisioning fails.
+    // The quorum comes back only once the worker has failed to provision at least once (a
+    // fixed delay raced the worker's start: a first attempt still waiting when the quorum
+    // returned succeeded, and the retry went unexercised).
+    let prefix = format!("q{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let worker_log = workspace_root()
+        .join("target/e2e-logs")
+        .join(&prefix)
+        .join("worker-0.log");
     let quorum_back = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        for _ in 0..600 {
+            let log = std::fs::read_to_string(&worker_log).unwrap_or_default();
+            if log.contains("cannot provision JetStream yet") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         cluster.resume(1).await;
         cluster.resume(2).await;
         cluster
     });
     let stack = Stack::start(StackOptions {
+        subject_prefix: Some(prefix),
         nats_url: Some(url),
         env: vec![("ALLO_JETSTREAM__REPLICAS".into(), "3".into())],
         ..Default::default()
