@@ -112,7 +112,7 @@ measure() { # system, sockets, ids file, api url
   done
   local ready=0 deadline=$((SECONDS + 300))
   while [ $ready -lt ${#cpids[@]} ]; do
-    ready=$(cat "$out"/client-$sys-$n-*.out | grep -c '"event":"ready"' || true)
+    ready=$(cat "$out"/client-$sys-$n-*.out 2>/dev/null | grep -c '"event":"ready"' || true)
     for p in "${cpids[@]}"; do kill -0 "$p" 2>/dev/null || { log "client $p exited:"; cat "$out"/client-$sys-$n-*.err >&2; exit 1; }; done
     [ $SECONDS -lt $deadline ] || { log "clients not ready within 300 s"; exit 1; }
     sleep 0.2
