@@ -8,7 +8,7 @@ use std::time::Duration;
 use allo_common::command::CommandEnvelope;
 use allo_common::ops::Pool;
 use allo_common::partition::RouteHash;
-use allo_e2e::{SocketClient, Stack, StackOptions};
+use allo_e2e::{SocketClient, Stack, StackOptions, id};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -100,6 +100,37 @@ async fn a_message_travels_from_http_to_a_real_socket_io_client() {
         .await;
     assert_eq!(one.body["admins"], json!(["alice"]));
     assert_eq!(one.body["participants"].as_array().map(Vec::len), Some(2));
+}
+
+/// Only workers create the pools' consumers: a command the API accepts before any worker has
+/// ever started waits in the work-queue stream and is applied once the first worker comes up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_accepted_before_any_worker_started_is_applied_by_the_first_one() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        fanout: false,
+        ..Default::default()
+    })
+    .await;
+    let token = stack.token("alice");
+    let reply = stack
+        .post(
+            &token,
+            "createConversation",
+            json!({"participants": ["bob"], "type": "group", "topic": "early"}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    let command_id = id(&reply.body, "commandId");
+    let conversation = id(&reply.body, "conversationID");
+    stack.start_worker().await;
+    let outcome = stack.outcome(&token, &command_id).await;
+    assert_eq!(outcome["status"], "committed", "{outcome}");
+    let read = stack
+        .get(Some(&token), &format!("/api/conversations/{conversation}"))
+        .await;
+    assert_eq!(read.status, 200, "{:?}", read.body);
+    assert_eq!(read.body["topic"], "early");
 }
 
 /// Every class of bad input gets problem+json naming the field, and nothing reaches the
