@@ -251,13 +251,25 @@ pub async fn load_outcome(
     db: impl sqlx::PgExecutor<'_>,
     id: CommandId,
 ) -> Result<Option<(UserId, CommandOutcome)>, sqlx::Error> {
+    // A committed send stores no result: it is its message, as its author reads it now (so an
+    // edit, a deletion or an erasure shows here as everywhere else, with nothing to scrub; one
+    // hidden pending review is redacted, as events serve it).
+    let sends: Vec<&str> = Operation::SENDS.iter().map(|o| o.as_str()).collect();
     let row: Option<CommandRow> = sqlx::query_as(
-        "SELECT actor_id, operation, status, error_code, error_message, result,
+        "SELECT actor_id, operation, status, error_code, error_message,
+                CASE WHEN result IS NULL AND status = 'committed' AND operation = ANY($2)
+                     THEN (SELECT CASE WHEN m.hidden_at IS NULL THEN message_json(m, c.actor_id)
+                                       ELSE scrub_content(message_json(m, c.actor_id))
+                                            || '{\"hidden\": true}'::jsonb END
+                           FROM messages m WHERE m.id = $3)
+                     ELSE result END AS result,
                 (SELECT old_id FROM command_replays WHERE new_id = c.id) AS replay_of,
                 (SELECT new_id FROM command_replays WHERE old_id = c.id) AS replayed_as
          FROM commands c WHERE id = $1",
     )
     .bind(id)
+    .bind(&sends)
+    .bind(id.message_id())
     .fetch_optional(db)
     .await?;
     Ok(row.and_then(|r| {

@@ -250,9 +250,7 @@ async fn the_python_subscriber_counts_every_message_once_across_crashes_and_rest
     let (mut child, log) = subscriber.start(None);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (expected, got) = loop {
-        let unpublished = stack
-            .count("SELECT count(*) FROM events WHERE published_at IS NULL")
-            .await;
+        let unpublished = stack.count("SELECT count(*) FROM event_outbox").await;
         let expected = postgres_counts(&stack).await;
         let got = subscriber_counts(&subscriber.counts().await);
         if unpublished == 0 && backlog(&stack).await == Some((0, 0)) && expected == got {

@@ -564,8 +564,8 @@ async fn log_event(stack: &Stack, conv: &str, seq: i64) -> Value {
         "data": {"messageId": uuid::Uuid::now_v7(), "userID": "alice", "conversationID": conv, "message": format!("injected {seq}")},
     });
     sqlx::query(
-        "INSERT INTO events (id, conversation_id, seq, type, command_id, actor_id, at, data, published_at)
-         VALUES ($1, $2, $3, 'message', $4, 'alice', now(), $5, now())",
+        "INSERT INTO events (id, conversation_id, seq, type, command_id, actor_id, at, data)
+         VALUES ($1, $2, $3, 'message', $4, 'alice', now(), $5)",
     )
     .bind(uuid::Uuid::parse_str(event["eventId"].as_str().unwrap()).unwrap())
     .bind(conv_id)

@@ -35,14 +35,31 @@ async fn run_with(stack: &Stack, token: &str, op: &str, body: Value) -> (Value, 
 }
 
 async fn send(stack: &Stack, user: &str, conv: &str, text: &str) -> String {
-    let (result, _) = run(
+    send_command(stack, user, conv, text).await.0
+}
+
+/// Sends a message; returns (messageId, commandId).
+async fn send_command(stack: &Stack, user: &str, conv: &str, text: &str) -> (String, String) {
+    let (result, command) = run(
         stack,
         user,
         "sendMessage",
         json!({"conversationID": conv, "message": text}),
     )
     .await;
-    id(&result, "messageId")
+    (id(&result, "messageId"), command)
+}
+
+/// A command's result as its sender reads it back (`GET /api/commands/{id}`).
+async fn read_back(stack: &Stack, user: &str, command: &str) -> Value {
+    let reply = stack
+        .get(
+            Some(&stack.token(user)),
+            &format!("/api/commands/{command}"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.body["result"].clone()
 }
 
 /// The event log as `user` sees it.
@@ -188,7 +205,8 @@ async fn a_hidden_message_is_redacted_everywhere_until_restored() {
     let mut bob = stack.socket("bob").await;
     bob.join(&conv).await;
     let secret = "HIDDEN-watches-4711";
-    let m = send(&stack, "alice", &conv, secret).await;
+    let (m, sent) = send_command(&stack, "alice", &conv, secret).await;
+    assert_eq!(read_back(&stack, "alice", &sent).await["message"], secret);
     bob.event_about("message", &m).await;
     for reporter in ["bob", "carol", "dave"] {
         run(
@@ -220,6 +238,13 @@ async fn a_hidden_message_is_redacted_everywhere_until_restored() {
         (&redacted["data"]["message"], &redacted["data"]["hidden"]),
         (&Value::Null, &json!(true))
     );
+    // The sender reading back the send: redacted too, while it is hidden.
+    let result = read_back(&stack, "alice", &sent).await;
+    assert_eq!(
+        (&result["message"], &result["hidden"], &result["messageId"]),
+        (&Value::Null, &json!(true), &json!(m)),
+        "{result}"
+    );
 
     run_with(
         &stack,
@@ -241,6 +266,7 @@ async fn a_hidden_message_is_redacted_everywhere_until_restored() {
         original["data"]["message"], secret,
         "restored: served again"
     );
+    assert_eq!(read_back(&stack, "alice", &sent).await["message"], secret);
 }
 
 /// Deleting and unsending erase every copy: a text with an edit, one that was reported (the
@@ -346,7 +372,11 @@ async fn deleting_and_unsending_erase_every_copy() {
         .expect("the sweeper deletes it");
     assert_eq!(expired["reason"], "expired");
 
-    let unsent = send(&stack, "alice", &conv, "ERASE-unsent-5").await;
+    let (unsent, unsent_command) = send_command(&stack, "alice", &conv, "ERASE-unsent-5").await;
+    assert_eq!(
+        read_back(&stack, "alice", &unsent_command).await["message"],
+        "ERASE-unsent-5"
+    );
     bob.event_about("message", &unsent).await;
     bob.clear_seen();
 
@@ -371,6 +401,13 @@ async fn deleting_and_unsending_erase_every_copy() {
     ] {
         stack.assert_nowhere(secret, &look).await;
     }
+    // The send's result, read back by its sender, is the tombstone too.
+    let result = read_back(&stack, "alice", &unsent_command).await;
+    assert_eq!(
+        (&result["message"], &result["messageId"]),
+        (&Value::Null, &json!(unsent)),
+        "{result}"
+    );
     // The tombstones keep ids, times, who and why.
     let tomb = stack
         .get(

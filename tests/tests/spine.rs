@@ -696,7 +696,7 @@ async fn redelivery_after_a_crash_between_commit_and_ack_has_no_second_effect() 
     drop(msg);
     assert_eq!(
         stack
-            .count("SELECT count(*) FROM events WHERE type = 'message' AND published_at IS NULL")
+            .count("SELECT count(*) FROM event_outbox o JOIN events e ON e.id = o.event_id WHERE e.type = 'message'")
             .await,
         1
     );

@@ -6,6 +6,7 @@ use allo_common::command::{CommandEnvelope, CommandOutcome, CommandStatus, load_
 use allo_common::error::DomainError;
 use allo_common::event::{EventEnvelope, UserNotice};
 use allo_common::ids::EventId;
+use allo_common::ops::Operation;
 
 use crate::error::{ApplyError, is_transient};
 use crate::pool::Worker;
@@ -156,11 +157,14 @@ impl Worker {
         let notices = std::mem::take(&mut unit.moderator_notices);
         match result {
             Ok(result) => {
-                sqlx::query("UPDATE commands SET result = $2 WHERE id = $1")
-                    .bind(envelope.command_id)
-                    .bind(&result)
-                    .execute(&mut *tx)
-                    .await?;
+                // A send's result is its message, read back from it (`load_outcome`).
+                if !Operation::SENDS.contains(&envelope.command.operation()) {
+                    sqlx::query("UPDATE commands SET result = $2 WHERE id = $1")
+                        .bind(envelope.command_id)
+                        .bind(&result)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 let outcome = outcome_of(envelope, CommandStatus::Committed, None, Some(result));
                 Ok(Applied::Committed {
                     events,
@@ -206,6 +210,21 @@ pub fn outcome_of(
     }
 }
 
+/// The published mark of the events bound as `$1` (ids) and `$2` (stream sequences), as CTEs
+/// to put in front of a statement (`concat!`, so the SQL stays a literal): each event still in
+/// the outbox leaves it, and where the stream holds it is recorded for erasure. An event marked
+/// before (the relay and its lane both published it) keeps its first record. The event's own
+/// row is not touched.
+macro_rules! mark_published_ctes {
+    () => {
+        "WITH gone AS (DELETE FROM event_outbox o USING unnest($1::uuid[], $2::bigint[]) AS m(id, seq)
+                       WHERE o.event_id = m.id RETURNING m.id, m.seq),
+              recorded AS (INSERT INTO event_stream_seqs (event_id, stream_seq)
+                           SELECT id, seq FROM gone ON CONFLICT (event_id) DO NOTHING)"
+    };
+}
+pub(crate) use mark_published_ctes;
+
 /// Records that these events are on the event stream (and where), so the relay leaves them
 /// alone and erasure can delete them.
 pub async fn mark_published(
@@ -213,15 +232,11 @@ pub async fn mark_published(
     events: &[PublishedMark],
 ) -> Result<(), sqlx::Error> {
     let (ids, seqs) = split_marks(events);
-    sqlx::query(
-        "UPDATE events e SET published_at = now(), stream_seq = m.seq
-         FROM unnest($1::uuid[], $2::bigint[]) AS m(id, seq)
-         WHERE e.id = m.id AND e.published_at IS NULL",
-    )
-    .bind(ids)
-    .bind(seqs)
-    .execute(db)
-    .await?;
+    sqlx::query(concat!(mark_published_ctes!(), " SELECT 1"))
+        .bind(ids)
+        .bind(seqs)
+        .execute(db)
+        .await?;
     Ok(())
 }
 

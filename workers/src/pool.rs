@@ -59,8 +59,8 @@ struct Inner {
     js: jetstream::Context,
     subjects: Subjects,
     publisher: Publisher,
-    /// Events on the stream (id, stream sequence), marked `published_at` (and `stream_seq`)
-    /// in batches by a background task.
+    /// Events on the stream (id, stream sequence), marked published (out of `event_outbox`,
+    /// into `event_stream_seqs`) in batches by a background task.
     published: mpsc::Sender<PublishedMark>,
     /// Every command this process holds unsettled (pulled, not yet acked, nak'ed or
     /// terminated), by stream sequence: kept alive while Postgres is away.
@@ -265,7 +265,7 @@ impl Worker {
         }
     }
 
-    /// Publishes committed events and queues their `published_at` marks; on failure the relay
+    /// Publishes committed events and queues their published marks; on failure the relay
     /// publishes them later.
     pub async fn publish_events(&self, events: &[EventEnvelope]) {
         if events.is_empty() {

@@ -1,5 +1,5 @@
 //! The outbox relay. A worker publishes its events right after commit; if it dies in between,
-//! the events sit in Postgres with no `published_at`. The relay publishes those once they are
+//! the events sit in Postgres's `event_outbox`. The relay publishes those once they are
 //! older than a grace period, in (conversation, seq) order. Several processes may run it:
 //! `FOR UPDATE SKIP LOCKED` gives each row to one of them.
 
@@ -12,7 +12,7 @@ use allo_common::subjects::Subjects;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::apply::split_marks;
+use crate::apply::mark_published;
 use crate::publish::Publisher;
 use crate::stream_erasure::StreamEraser;
 
@@ -69,9 +69,9 @@ impl Relay {
     pub async fn relay_once(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
         let rows: Vec<serde_json::Value> = sqlx::query_scalar(
-            "SELECT event_json(e) FROM events e
-             WHERE published_at IS NULL AND committed_at < now() - make_interval(secs => $1)
-             ORDER BY conversation_id, seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+            "SELECT event_json(e) FROM event_outbox o JOIN events e ON e.id = o.event_id
+             WHERE o.committed_at < now() - make_interval(secs => $1)
+             ORDER BY o.conversation_id, o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
         )
         .bind(self.settings.worker.relay_grace_ms as f64 / 1000.0)
         .bind(RELAY_BATCH)
@@ -89,15 +89,7 @@ impl Relay {
         }
         let seqs = self.publisher.events(&events).await?;
         let marks: Vec<_> = events.iter().map(|e| e.event_id).zip(seqs).collect();
-        let (ids, seqs) = split_marks(&marks);
-        sqlx::query(
-            "UPDATE events e SET published_at = now(), stream_seq = m.seq
-             FROM unnest($1::uuid[], $2::bigint[]) AS m(id, seq) WHERE e.id = m.id",
-        )
-        .bind(&ids)
-        .bind(&seqs)
-        .execute(&mut *tx)
-        .await?;
+        mark_published(&mut *tx, &marks).await?;
         tx.commit().await?;
         Ok(events.len())
     }

@@ -19,7 +19,7 @@ use allo_common::ops::message_send::SendMessage;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::apply::{Applied, PublishedMark, outcome_of, split_marks};
+use crate::apply::{Applied, PublishedMark, mark_published_ctes, outcome_of, split_marks};
 use crate::messages::message_send::MessageColumns;
 use crate::messages::participant_refusal;
 
@@ -52,15 +52,13 @@ pub async fn apply(
     conversations.sort();
     conversations.dedup();
     let (marked, stream_seqs) = split_marks(marks);
-    sqlx::query(
-        "WITH marked AS (UPDATE events e SET published_at = now(), stream_seq = m.seq
-                         FROM unnest($2::uuid[], $3::bigint[]) AS m(id, seq)
-                         WHERE e.id = m.id AND e.published_at IS NULL)
-         SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(&conversations)
+    sqlx::query(concat!(
+        mark_published_ctes!(),
+        " SELECT id FROM conversations WHERE id = ANY($3) ORDER BY id FOR UPDATE"
+    ))
     .bind(marked)
     .bind(stream_seqs)
+    .bind(&conversations)
     .execute(&mut *tx)
     .await?;
 
@@ -305,15 +303,18 @@ WITH u AS (
     SELECT ok.event_id, m.conversation_id, m.seq, 'message', m.command_id, m.author_id,
            ok.event_at, m.data
     FROM m JOIN ok ON ok.cmd = m.command_id
-    RETURNING command_id, id, at, seq, data
+    RETURNING command_id, id, conversation_id, at, seq, data
+), o AS (
+    INSERT INTO event_outbox (event_id, conversation_id, seq) SELECT id, conversation_id, seq FROM e
 ), c AS (
-    INSERT INTO commands (id, actor_id, operation, status, error_code, error_message, result, accepted_at)
+    -- No result: a send's result is its message, which load_outcome reads back.
+    INSERT INTO commands (id, actor_id, operation, status, error_code, error_message, accepted_at)
     SELECT chk.cmd, chk.actor, chk.op,
            CASE WHEN chk.member THEN 'committed' ELSE 'rejected' END,
            CASE WHEN chk.member THEN NULL WHEN chk.ex THEN $18 ELSE $16 END,
            CASE WHEN chk.member THEN NULL WHEN chk.ex THEN $19 ELSE $17 END,
-           e.data, chk.accepted_at
-    FROM chk LEFT JOIN e ON e.command_id = chk.cmd
+           chk.accepted_at
+    FROM chk
     WHERE NOT chk.dup
 )
 SELECT chk.ex, chk.member, chk.dup, e.id, e.at, e.seq, e.data

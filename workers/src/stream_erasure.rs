@@ -2,7 +2,7 @@
 //! content from Postgres in the erasing command's transaction and queues its content events in
 //! `stream_erasures` (hiding one queues them too: the stream is not a place a hidden message's
 //! text may stay). This module deletes the queued events' stream copies by the stream sequence
-//! their published mark recorded (`events.stream_seq`), after that transaction committed.
+//! their published mark recorded (`event_stream_seqs`), after that transaction committed.
 //!
 //! An event that was not yet on the stream when it was erased is deleted once its mark is
 //! written: the lane's settle task may still publish the copy it holds in memory, but it
@@ -68,9 +68,8 @@ impl StreamEraser {
         .execute(&mut *tx)
         .await?;
         let due: Vec<(EventId, i64)> = sqlx::query_as(
-            "SELECT x.event_id, e.stream_seq FROM stream_erasures x
-             JOIN events e ON e.id = x.event_id
-             WHERE e.stream_seq IS NOT NULL
+            "SELECT x.event_id, s.stream_seq FROM stream_erasures x
+             JOIN event_stream_seqs s ON s.event_id = x.event_id
              LIMIT $1 FOR UPDATE OF x SKIP LOCKED",
         )
         .bind(ERASE_BATCH)

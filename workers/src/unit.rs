@@ -109,8 +109,11 @@ impl<'a> Unit<'a> {
             data,
         };
         sqlx::query(
-            "INSERT INTO events (id, conversation_id, seq, type, command_id, actor_id, at, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "WITH e AS (
+                 INSERT INTO events (id, conversation_id, seq, type, command_id, actor_id, at, data)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, conversation_id, seq)
+             INSERT INTO event_outbox (event_id, conversation_id, seq)
+             SELECT id, conversation_id, seq FROM e",
         )
         .bind(event.event_id)
         .bind(conversation)

@@ -141,6 +141,17 @@ impl Operation {
         Operation::SetHistoryVisibility,
     ];
 
+    /// The send family: a committed one's result is the message it created, read back from
+    /// the message itself rather than stored a second time with the command
+    /// ([`crate::command::load_outcome`]).
+    pub const SENDS: [Operation; 5] = [
+        Operation::SendMessage,
+        Operation::SendSecureMessage,
+        Operation::SendVoiceMessage,
+        Operation::SendSticker,
+        Operation::SendEphemeralMessage,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CreateConversation => "createConversation",
