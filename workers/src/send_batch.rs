@@ -266,12 +266,15 @@ WITH u AS (
                               attachments, encrypted, algorithm, signature, expires_at,
                               event_id, event_at, i)
 ), chk AS (
-    SELECT u.*, c.id IS NOT NULL AS ex, p.user_id IS NOT NULL AS member, d.id IS NOT NULL AS dup
+    -- One keyed lookup per command each (LATERAL ... LIMIT 1): the generic plan is made once
+    -- per connection, and as a join it could pick a full scan of a table that was small then.
+    SELECT u.*, c.ex IS NOT NULL AS ex, p.member IS NOT NULL AS member, d.dup IS NOT NULL AS dup
     FROM u
-    LEFT JOIN conversations c ON c.id = u.conv
-    LEFT JOIN participants p
-           ON p.conversation_id = u.conv AND p.user_id = u.actor AND p.left_at IS NULL
-    LEFT JOIN commands d ON d.id = u.cmd
+    LEFT JOIN LATERAL (SELECT true AS ex FROM conversations c WHERE c.id = u.conv LIMIT 1) c ON true
+    LEFT JOIN LATERAL (SELECT true AS member FROM participants p
+                       WHERE p.conversation_id = u.conv AND p.user_id = u.actor
+                         AND p.left_at IS NULL LIMIT 1) p ON true
+    LEFT JOIN LATERAL (SELECT true AS dup FROM commands d WHERE d.id = u.cmd LIMIT 1) d ON true
 ), ok AS (
     SELECT chk.*, row_number() OVER (PARTITION BY conv ORDER BY i) AS rank
     FROM chk WHERE member AND NOT dup
