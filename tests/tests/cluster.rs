@@ -134,7 +134,38 @@ async fn services_started_without_a_quorum_come_up_when_it_returns() {
             .contains("cannot provision JetStream yet"),
         "the worker started before the quorum was back"
     );
-    let conv = stack.create_conversation("alice", "group", &["bob"]).await;
+    // The quorum is back, but the streams may still be electing their leaders: until they
+    // have, the API answers 503 ("retry shortly", nothing accepted). A client retries; so does
+    // this test, for at most 30 s.
+    let alice = stack.token("alice");
+    let retry_until = std::time::Instant::now() + Duration::from_secs(30);
+    let created = loop {
+        let reply = stack
+            .post_wait(
+                &alice,
+                "createConversation",
+                json!({"participants": ["bob"], "type": "group", "topic": "after"}),
+            )
+            .await;
+        if reply.status != 503 || std::time::Instant::now() > retry_until {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        matches!(created.status, 201 | 202),
+        "{} {:?}",
+        created.status,
+        created.body
+    );
+    let conv = created.body["conversationID"]
+        .as_str()
+        .expect("conversationID")
+        .to_string();
+    if created.status == 202 {
+        let command = created.body["commandId"].as_str().expect("commandId");
+        assert_eq!(stack.outcome(&alice, command).await["status"], "committed");
+    }
     let mut bob = stack.socket("bob").await;
     bob.join(&conv).await;
     stack
