@@ -145,6 +145,11 @@ pub struct FanoutSettings {
     pub socket_buffer: usize,
     /// Shortest interval between two `typing` signals of one socket (extra ones are dropped).
     pub typing_min_interval_ms: u64,
+    /// Engine.IO heartbeat: a ping to every socket this often (clients are told it in the
+    /// handshake and give up on a server silent for `ping_interval_ms + ping_timeout_ms`).
+    pub ping_interval_ms: u64,
+    /// A socket that has not answered a ping within this long is disconnected.
+    pub ping_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -223,6 +228,8 @@ impl Default for Settings {
                 replay_max: 1000,
                 socket_buffer: 1024,
                 typing_min_interval_ms: 500,
+                ping_interval_ms: 25_000,
+                ping_timeout_ms: 20_000,
             },
             cors_origins: Vec::new(),
             console_fanout_url: None,

@@ -64,6 +64,10 @@ pub async fn serve(
     )
     .await?;
     let socket_buffer = settings.fanout.socket_buffer;
+    let (ping_interval_ms, ping_timeout_ms) = (
+        settings.fanout.ping_interval_ms,
+        settings.fanout.ping_timeout_ms,
+    );
     let admin_addr = settings.fanout_admin_addr;
     let fanout = Arc::new(Fanout::new(settings, keys, db, nats));
     let (layer, io) = SocketIo::builder()
@@ -74,6 +78,10 @@ pub async fn serve(
         // buffer is allocated at this size for every socket (the default, 4 KB, was a tenth of a
         // socket's cost) and grows only for a larger frame.
         .ws_read_buffer_size(WS_READ_BUFFER)
+        // Socket.IO's defaults (25 s, 20 s) unless configured; the heartbeat runs in each
+        // socket's writer task on a coarse grid (vendor/engineioxide/ALLO-PATCH.md).
+        .ping_interval(std::time::Duration::from_millis(ping_interval_ms.max(1)))
+        .ping_timeout(std::time::Duration::from_millis(ping_timeout_ms.max(1)))
         .with_state(fanout.clone())
         .build_layer();
     io.ns("/", socket::on_connect.with(socket::authenticate));

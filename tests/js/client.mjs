@@ -1,6 +1,6 @@
 // A real socket.io-client (npm) driven over stdio by the Rust end-to-end tests.
 //
-//   node client.mjs <url> <token>
+//   node client.mjs <url> <token> [transports, e.g. websocket; default polling,websocket]
 //
 // Prints one JSON line per happening: {"kind":"connected"} | {"kind":"connect_error",message}
 // | {"kind":"event",event,data} | {"kind":"ack",id,data} | {"kind":"ack",id,timeout:true,data}
@@ -10,10 +10,15 @@
 import { io } from "socket.io-client";
 import { createInterface } from "node:readline";
 
-const [url, token] = process.argv.slice(2);
+const [url, token, transports] = process.argv.slice(2);
 const out = (line) => process.stdout.write(JSON.stringify(line) + "\n");
 
-const socket = io(url, { auth: { token }, reconnection: false, timeout: 10000 });
+const socket = io(url, {
+  auth: { token },
+  reconnection: false,
+  timeout: 10000,
+  ...(transports ? { transports: transports.split(",") } : {}),
+});
 socket.on("connect", () => out({ kind: "connected", id: socket.id }));
 socket.on("connect_error", (err) => {
   out({ kind: "connect_error", message: err.message });

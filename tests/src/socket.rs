@@ -27,10 +27,19 @@ pub struct SocketClient {
 impl SocketClient {
     /// Connects; `Err` carries the server's `connect_error` message.
     pub async fn connect(url: &str, token: &str) -> Result<SocketClient, String> {
+        Self::connect_over(url, token, "polling,websocket").await
+    }
+
+    /// Connects with the npm client's `transports` option (`websocket`: no polling first).
+    pub async fn connect_over(
+        url: &str,
+        token: &str,
+        transports: &str,
+    ) -> Result<SocketClient, String> {
         let js = workspace_root().join("tests/js");
         let mut child = Command::new("node")
             .arg(js.join("client.mjs"))
-            .args([url, token])
+            .args([url, token, transports])
             .current_dir(&js)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -11,7 +11,10 @@ use crate::{ProtocolVersion, Sid, Str, TransportType};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Packet {
     /// Open packet used to initiate a connection
-    Open(OpenPacket),
+    ///
+    /// ALLO-PATCH: boxed; it is sent once per session and was the largest variant, so it sized
+    /// every slot of every socket's send channel.
+    Open(Box<OpenPacket>),
     /// Close packet used to close a connection
     Close,
     /// Ping packet used to check if the connection is still alive
@@ -399,13 +402,13 @@ mod tests {
     #[test]
     fn test_open_packet() {
         let sid = Sid::new();
-        let packet = Packet::Open(OpenPacket {
+        let packet = Packet::Open(Box::new(OpenPacket {
             sid,
             upgrades: smallvec::smallvec![TransportType::Websocket],
             ping_interval: Duration::from_millis(25000),
             ping_timeout: Duration::from_millis(20000),
             max_payload: 100000,
-        });
+        }));
         let packet_str: String = packet.into();
         assert_eq!(
             packet_str,
@@ -458,7 +461,7 @@ mod tests {
             upgrades: smallvec::smallvec![TransportType::Websocket],
         };
         let size = serde_json::to_string(&open).unwrap().len();
-        let packet = Packet::Open(open);
+        let packet = Packet::Open(Box::new(open));
         assert_eq!(packet.get_size_hint(false), size);
 
         let packet = Packet::Close;
