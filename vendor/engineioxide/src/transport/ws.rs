@@ -23,7 +23,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::heartbeat::{Due, Heartbeat};
 use crate::{
@@ -66,13 +66,16 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
 
+    // ALLO-PATCH: the task below lives as long as the session, and what it captures stays in it
+    // however early it is moved out: the request (240 bytes) is turned into its upgrade future
+    // here, and the request head (224 bytes) is captured boxed.
+    let upgrade = hyper::upgrade::on(req);
+    let parts = Box::new(parts);
     tokio::spawn(async move {
-        let conn = hyper::upgrade::on(req)
-            .await
-            .map(hyper_util::rt::TokioIo::new);
+        let conn = upgrade.await.map(hyper_util::rt::TokioIo::new);
 
         let res = match conn {
-            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
+            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, *parts).await,
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
@@ -293,39 +296,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         ..
     } = &mut *internal_rx;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
-
     let beat = tokio::time::sleep_until(
         heartbeat
             .as_ref()
@@ -333,42 +303,58 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     );
     tokio::pin!(beat);
 
+    /// What woke the writer.
+    enum Wake {
+        Packets(PacketBuf),
+        Volatile,
+        Beat,
+    }
+
     // Forward buffered packets until the channel is closed or the session is cancelled.
+    //
+    // ALLO-PATCH: the select yields a value and the packets are written after it, by
+    // `write_packet`. Awaiting the writes inside the select's arms kept the select's futures
+    // alive across every write, and the task (one per socket) was sized for all of them at once.
     loop {
-        tokio::select! {
+        let wake = tokio::select! {
             biased;
-            items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in packets {
-                                map_fn!(item);
-                            }
-                        }
+            items = buffered_rx.recv() => match items {
+                Some(packets) => Wake::Packets(packets),
+                None => break,
+            },
+            _ = socket.cancellation_token.cancelled() => break,
+            Ok(()) = volatile_rx.changed() => Wake::Volatile,
+            () = &mut beat, if heartbeat.is_some() => Wake::Beat,
+        };
+        match wake {
+            Wake::Packets(packets) => {
+                for item in packets {
+                    write_packet(&socket, &mut tx, item).await;
+                }
+                while let Ok(packets) = buffered_rx.try_recv() {
+                    for item in packets {
+                        write_packet(&socket, &mut tx, item).await;
                     }
-                    None => break
                 }
             }
-            _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
+            Wake::Volatile => {
                 let val = volatile_rx.borrow_and_update().clone();
                 if let Some(packets) = val {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
                     for item in packets {
-                        map_fn!(item);
+                        write_packet(&socket, &mut tx, item).await;
                     }
                 }
-            },
-            () = &mut beat, if heartbeat.is_some() => {
-                let Some(schedule) = heartbeat.as_mut() else { continue };
+            }
+            Wake::Beat => {
+                let Some(schedule) = heartbeat.as_mut() else {
+                    continue;
+                };
                 match schedule.due(&socket.heard) {
                     Due::Ping => {
-                        let item = Packet::Ping;
-                        map_fn!(item);
+                        write_packet(&socket, &mut tx, Packet::Ping).await;
+                        beat.as_mut().reset(schedule.deadline());
                     }
                     Due::Alive => {
                         beat.as_mut().reset(schedule.deadline());
@@ -383,7 +369,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                         continue;
                     }
                 }
-                beat.as_mut().reset(schedule.deadline());
             }
         }
 
@@ -397,6 +382,43 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
     tx.flush().await.ok();
     tx.close().await.ok();
+}
+
+/// Maps a packet to a websocket message and feeds it to the sink (flushed by the caller).
+async fn write_packet<D, S>(
+    socket: &Socket<D>,
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
+    item: Packet,
+) where
+    D: Default + Send + Sync + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let res = match item {
+        Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+            if socket.protocol == ProtocolVersion::V3 {
+                // v3 protocol requires packet type as the first byte.
+                // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                let mut buff = Vec::with_capacity(bin.len() + 1);
+                buff.push(0x04);
+                buff.extend(bin);
+                tx.feed(Message::Binary(buff.into())).await
+            } else {
+                tx.feed(Message::Binary(bin)).await
+            }
+        }
+        // A Noop Packet maybe sent by the server to upgrade from a polling connection
+        // In the case that the packet was not poll in time it will remain in the buffer and therefore
+        // it should be discarded here
+        Packet::Noop => Ok(()),
+        _ => {
+            let packet: String = item.try_into().unwrap();
+            tx.feed(Message::Text(packet.into())).await
+        }
+    };
+    if let Err(_e) = res {
+        #[cfg(feature = "tracing")]
+        tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+    }
 }
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
