@@ -516,8 +516,11 @@ async fn expired_messages_are_swept_once_each() {
         .iter()
         .map(|m| id(m, "messageId"))
         .collect();
+    // A bound on liveness, not a speed claim: on the 2-core CI machine with three other suites
+    // running, the 60 deletions took 18-20 s to reach bob (measured with this engineioxide and
+    // with upstream's), against the 20 s this used to allow.
     let deleted = bob
-        .collect("messageDeleted", n, Duration::from_secs(20))
+        .collect("messageDeleted", n, Duration::from_secs(60))
         .await;
     assert!(deleted.iter().all(|d| d["reason"] == "expired"));
     let ids: BTreeSet<String> = deleted.iter().map(|d| id(d, "messageId")).collect();
