@@ -132,6 +132,10 @@ pub struct Limits {
     pub fanout: FanoutLimits,
 }
 
+/// Bounds of the Engine.IO heartbeat settings (`fanout.ping_*_ms`).
+const MIN_PING_MS: u64 = 100;
+const MAX_PING_MS: u64 = 3_600_000;
+
 /// Fan-out tuning.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FanoutSettings {
@@ -295,6 +299,17 @@ impl Settings {
                 "worker.linger_ms must be at most 1000".into(),
             ));
         }
+        let ping = MIN_PING_MS..=MAX_PING_MS;
+        if !ping.contains(&self.fanout.ping_interval_ms)
+            || !ping.contains(&self.fanout.ping_timeout_ms)
+        {
+            // Too short and every socket is pinged in a storm (the heartbeat grid also needs a
+            // timeout it can divide); too long and a dead client holds its socket for hours.
+            return Err(ConfigError::Invalid(format!(
+                "fanout.ping_interval_ms and fanout.ping_timeout_ms must be {MIN_PING_MS} to \
+                 {MAX_PING_MS}"
+            )));
+        }
         if self.jetstream.max_deliver < 1
             || self.worker.batch_size == 0
             || self.worker.heartbeat_ms == 0
@@ -450,6 +465,23 @@ mod tests {
         assert!(settings.validate_auth().is_err());
         settings.auth.public_key_file = Some("/etc/allo/idp.pem".into());
         assert!(settings.validate_auth().is_ok());
+    }
+
+    #[test]
+    fn heartbeat_settings_out_of_bounds_are_refused() {
+        let mut settings = Settings::default();
+        assert!(settings.validate().is_ok());
+        for (interval, timeout) in [(0, 20_000), (25_000, 0), (25_000, u64::MAX), (99, 99)] {
+            settings.fanout.ping_interval_ms = interval;
+            settings.fanout.ping_timeout_ms = timeout;
+            assert!(
+                settings.validate().is_err(),
+                "{interval}/{timeout} accepted"
+            );
+        }
+        settings.fanout.ping_interval_ms = 300;
+        settings.fanout.ping_timeout_ms = 300;
+        assert!(settings.validate().is_ok());
     }
 
     #[test]

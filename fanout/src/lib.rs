@@ -78,10 +78,11 @@ pub async fn serve(
         // buffer is allocated at this size for every socket (the default, 4 KB, was a tenth of a
         // socket's cost) and grows only for a larger frame.
         .ws_read_buffer_size(WS_READ_BUFFER)
-        // Socket.IO's defaults (25 s, 20 s) unless configured; the heartbeat runs in each
-        // socket's writer task on a coarse grid (vendor/engineioxide/ALLO-PATCH.md).
-        .ping_interval(std::time::Duration::from_millis(ping_interval_ms.max(1)))
-        .ping_timeout(std::time::Duration::from_millis(ping_timeout_ms.max(1)))
+        // Socket.IO's defaults (25 s, 20 s) unless configured (bounds in `Settings::validate`);
+        // the heartbeat runs in each socket's writer task on a coarse grid
+        // (vendor/engineioxide/ALLO-PATCH.md).
+        .ping_interval(std::time::Duration::from_millis(ping_interval_ms))
+        .ping_timeout(std::time::Duration::from_millis(ping_timeout_ms))
         .with_state(fanout.clone())
         .build_layer();
     io.ns("/", socket::on_connect.with(socket::authenticate));
