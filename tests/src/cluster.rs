@@ -61,7 +61,7 @@ impl NatsCluster {
     }
 
     /// The client connections of every running node, with each subscription's message count
-    /// (`/connz?subs=detail`).
+    /// (`/connz?subs=detail`) and the node's `server_id`.
     pub async fn connections(&self) -> Vec<serde_json::Value> {
         let http = reqwest::Client::new();
         let mut all = Vec::new();
@@ -78,8 +78,13 @@ impl NatsCluster {
                 .json()
                 .await
                 .expect("connz JSON");
+            // A connection id is only unique within its node: each one carries its node's.
+            let server_id = body["server_id"].clone();
             if let Some(conns) = body["connections"].as_array() {
-                all.extend(conns.iter().cloned());
+                all.extend(conns.iter().cloned().map(|mut conn| {
+                    conn["server_id"] = server_id.clone();
+                    conn
+                }));
             }
         }
         all

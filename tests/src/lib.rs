@@ -318,7 +318,11 @@ impl Stack {
             ),
             ("ALLO_WORKER__RELAY_GRACE_MS".into(), "500".into()),
             ("ALLO_WORKER__RELAY_INTERVAL_MS".into(), "250".into()),
-            ("RUST_LOG".into(), "info,sqlx=warn".into()),
+            // `ALLO_TEST_RUST_LOG` turns a failing run's service logs up (target/e2e-logs).
+            (
+                "RUST_LOG".into(),
+                std::env::var("ALLO_TEST_RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+            ),
             ("RUST_BACKTRACE".into(), "0".into()),
         ];
         env.extend(options.env.iter().cloned());

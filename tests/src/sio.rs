@@ -35,6 +35,10 @@ pub struct SocketLog {
     pub reconnects: u32,
     /// The highest seq seen per conversation: what a rejoin resumes from.
     pub last_seq: HashMap<String, i64>,
+    /// Joins the server acknowledged as joined, over all sessions.
+    pub joined: u32,
+    /// Why each session ended (for a failing test's report).
+    pub session_ends: Vec<String>,
 }
 
 struct Emit {
@@ -77,8 +81,13 @@ impl Observer {
                 }
                 sessions += 1;
                 let url = &urls[at % urls.len()];
-                if let Err(e) = session(url, &token, &shared, &mut rx).await {
-                    tracing::debug!(url, error = %e, "socket session ended");
+                let end = match session(url, &token, &shared, &mut rx).await {
+                    Ok(()) => "closed by the server".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::debug!(url, end, "socket session ended");
+                if let Ok(mut log) = shared.lock() {
+                    log.session_ends.push(format!("{url}: {end}"));
                 }
                 at += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -170,6 +179,11 @@ async fn session(
                         // A rejoin the server refused: this client cannot see what it should.
                         Some(None) if body[0]["joined"] != true => {
                             break Err(anyhow::anyhow!("join refused: {body}"));
+                        }
+                        Some(None) => {
+                            if let Ok(mut log) = log.lock() {
+                                log.joined += 1;
+                            }
                         }
                         _ => {}
                     }

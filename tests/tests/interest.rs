@@ -16,9 +16,9 @@ use serde_json::json;
 const CONVERSATIONS: usize = 8;
 const MESSAGES_PER_CONVERSATION: usize = 40;
 
-/// Per fan-out connection (by client id): its subscriptions to `<prefix>.evt.…` by sid
+/// Per fan-out connection (by node and client id: ids repeat across nodes): its subscriptions to `<prefix>.evt.…` by sid
 /// (subject, messages delivered on it), and the messages the connection received in all.
-type Counts = HashMap<u64, (HashMap<String, (String, u64)>, u64)>;
+type Counts = HashMap<(String, u64), (HashMap<String, (String, u64)>, u64)>;
 
 async fn fanout_counts(fleet: &Fleet, prefix: &str) -> Counts {
     let mut counts = Counts::new();
@@ -41,8 +41,9 @@ async fn fanout_counts(fleet: &Fleet, prefix: &str) -> Counts {
                 );
             }
         }
+        let node = conn["server_id"].as_str().expect("server_id").to_string();
         let cid = conn["cid"].as_u64().expect("cid");
-        counts.insert(cid, (subs, conn["out_msgs"].as_u64().unwrap_or(0)));
+        counts.insert((node, cid), (subs, conn["out_msgs"].as_u64().unwrap_or(0)));
     }
     counts
 }
@@ -76,15 +77,40 @@ async fn each_fanout_replica_receives_only_its_conversations_events() {
     }
     // Joined: each replica subscribed to its conversations.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let before = loop {
+    loop {
         let counts = fanout_counts(&fleet, &prefix).await;
         let subscribed: usize = counts.values().map(|(c, _)| c.len()).sum();
         if counts.len() == 2 && subscribed == CONVERSATIONS {
-            break counts;
+            break;
         }
         assert!(tokio::time::Instant::now() < deadline, "joins: {counts:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    // The counts start once NATS has delivered everything committed so far (the conversations'
+    // creation events are relayed after the joins may have subscribed): the outbox is empty and
+    // two readings half a second apart agree.
+    fleet
+        .stack
+        .wait_count(
+            "SELECT (count(*) = 0)::int::bigint FROM event_outbox",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    let mut before = fanout_counts(&fleet, &prefix).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let again = fanout_counts(&fleet, &prefix).await;
+        if again == before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "counts never settled"
+        );
+        before = again;
+    }
     let floor: HashMap<String, i64> = last_seqs(&fleet.stack.db).await;
 
     for i in 0..MESSAGES_PER_CONVERSATION {
@@ -126,8 +152,9 @@ async fn each_fanout_replica_receives_only_its_conversations_events() {
         .collect();
     let all_events: u64 = events.values().sum();
     let mut report = Vec::new();
-    for (cid, (subs, out_after)) in &after {
-        let (subs_before, out_before) = before.get(cid).expect("same connections");
+    for (connection, (subs, out_after)) in &after {
+        let cid = format!("{}/{}", connection.0, connection.1);
+        let (subs_before, out_before) = before.get(connection).expect("same connections");
         let received = out_after - out_before;
         let on_subs: u64 = subs
             .iter()
@@ -167,10 +194,26 @@ async fn each_fanout_replica_receives_only_its_conversations_events() {
             "messages_received": received, "events_in_all": all_events}));
     }
     assert_eq!(report.len(), 2, "two fan-out connections");
-    let behind: Vec<usize> = (0..sockets.len()).filter(|i| !caught_up(*i)).collect();
+    let behind: Vec<String> = (0..sockets.len())
+        .filter(|i| !caught_up(*i))
+        .map(|i| {
+            let conv = &conversations[i / 2];
+            let log = sockets[i].log.lock().expect("socket log");
+            format!(
+                "socket {i} (replica {}): seq {} of {}, {} joins acked, {} deliveries, \
+                 sessions ended: {:?}",
+                (i / 2) % 2,
+                log.last_seq.get(conv).copied().unwrap_or(0),
+                last[conv],
+                log.joined,
+                log.deliveries.len(),
+                log.session_ends
+            )
+        })
+        .collect();
     assert!(
         behind.is_empty(),
-        "sockets behind their conversations: {behind:?}"
+        "sockets behind their conversations: {behind:#?}"
     );
     println!("interest-based fan-out (counted by nats-server /connz):");
     for line in report {
