@@ -136,21 +136,32 @@ pub async fn serve(
 
 use socketioxide::handler::ConnectHandler;
 
-/// Gives the request its own copy of its URI and header values.
+/// The request headers Engine.IO reads: the websocket handshake's key and a polling POST's
+/// content type. Nothing in this service reads any other.
+const HEADERS_READ: [axum::http::HeaderName; 2] = [
+    axum::http::header::SEC_WEBSOCKET_KEY,
+    axum::http::header::CONTENT_TYPE,
+];
+
+/// Gives the request its own copy of its URI and of the headers Engine.IO reads, and drops
+/// the others.
 ///
 /// Engine.IO keeps every socket's request head for the socket's whole life. As hyper parses a
 /// request, the URI and each header value are slices of the connection's read buffer (8-16 KB),
 /// and so is axum's `OriginalUri` extension: keeping them kept that whole buffer per socket,
 /// idle or not (16 KB of a socket's ~60 KB, measured with heaptrack; bench/README.md). Copied
-/// out, the buffer is freed after the upgrade. Other extensions stay as they are (hyper's
-/// upgrade handle is one of them).
+/// out, the buffer is freed after the upgrade; the headers nobody reads (user agent, origin,
+/// cookies...) are not kept at all. Other extensions stay as they are (hyper's upgrade handle is
+/// one of them).
 async fn own_request_head(request: axum::extract::Request) -> axum::extract::Request {
     let (mut parts, body) = request.into_parts();
-    let mut headers = axum::http::HeaderMap::with_capacity(parts.headers.len());
-    for (name, value) in &parts.headers {
-        let value =
-            axum::http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        headers.append(name.clone(), value);
+    let mut headers = axum::http::HeaderMap::new();
+    for name in HEADERS_READ {
+        if let Some(value) = parts.headers.get(&name) {
+            let value = axum::http::HeaderValue::from_bytes(value.as_bytes())
+                .unwrap_or_else(|_| value.clone());
+            headers.insert(name, value);
+        }
     }
     parts.headers = headers;
     if let Ok(uri) = axum::http::Uri::try_from(parts.uri.to_string()) {

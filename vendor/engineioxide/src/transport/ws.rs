@@ -13,6 +13,7 @@ use futures_util::{
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -481,11 +482,19 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
-    socket
-        .internal_tx
-        .send(smallvec![Packet::Noop])
-        .await
-        .map_err(|_| Error::Upgrade)?;
+    // ALLO-PATCH: the send queue has no awaiting send; a full one (rare: a polling client 128
+    // packets behind) is retried until the upgrade's timeout, which wraps this handshake.
+    let mut noop: PacketBuf = smallvec![Packet::Noop];
+    loop {
+        match socket.internal_tx.try_send(noop) {
+            Ok(()) => break,
+            Err(TrySendError::Full(back)) => {
+                noop = back;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(TrySendError::Closed(_)) => return Err(Error::Upgrade),
+        }
+    }
 
     // wait for any current polling connection to finish by waiting for the socket to be unlocked
     // All other polling connection will be immediately closed with a NOOP packet.
