@@ -88,7 +88,12 @@ impl Feed {
         leaves: mpsc::UnboundedReceiver<Sid>,
         registry: Registry,
     ) {
-        match Feed::start(ctx, conversation).await {
+        // The feed's task lives as long as the conversation has sockets here, and is as large
+        // as its largest state: the start-up and every handler that awaits are boxed (heap
+        // only while they run), and so is the feed itself, which the task would otherwise
+        // hold twice (argument and binding). 2,560 → ~900 bytes per feed, by
+        // `-Zprint-type-sizes` (bench/README.md).
+        match Box::pin(Feed::start(ctx, conversation)).await {
             Ok(feed) => feed.run(id, queue, leaves, registry).await,
             Err(e) => {
                 tracing::warn!(error = %e, %conversation, "feed did not start");
@@ -99,7 +104,10 @@ impl Feed {
 
     /// Subscribes first, then reads where the conversation stands: every event after that
     /// point arrives on the subscription, and those at or before it are dropped as known.
-    async fn start(ctx: Arc<FeedContext>, conversation: ConversationId) -> Result<Feed, String> {
+    async fn start(
+        ctx: Arc<FeedContext>,
+        conversation: ConversationId,
+    ) -> Result<Box<Feed>, String> {
         let events = ctx
             .nats
             .subscribe(ctx.subjects.conversation_events(conversation))
@@ -116,7 +124,7 @@ impl Feed {
             .await
             .map_err(|e| e.to_string())?
             .unwrap_or(0);
-        Ok(Feed {
+        Ok(Box::new(Feed {
             ctx,
             conversation,
             events,
@@ -132,11 +140,11 @@ impl Feed {
             // and 128 slots up front were 4 KB per feed.
             recent: VecDeque::new(),
             changes: HashMap::new(),
-        })
+        }))
     }
 
     async fn run(
-        mut self,
+        mut self: Box<Self>,
         id: u64,
         mut queue: mpsc::Receiver<FeedCommand>,
         mut leaves: mpsc::UnboundedReceiver<Sid>,
@@ -153,7 +161,7 @@ impl Feed {
             tokio::select! {
                 // Leaves first: a socket that left must stop receiving before anything else.
                 biased;
-                Some(sid) = leaves.recv() => self.on_leave(sid).await,
+                Some(sid) = leaves.recv() => Box::pin(self.on_leave(sid)).await,
                 Some(msg) = self.events.next() => {
                     log_trace(&msg);
                     match serde_json::from_slice::<EventEnvelope>(&msg.payload) {
@@ -161,12 +169,12 @@ impl Feed {
                         Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "undecodable event dropped"),
                     }
                 }
-                Some(msg) = self.signals.next() => self.on_signal(msg).await,
+                Some(msg) = self.signals.next() => Box::pin(self.on_signal(msg)).await,
                 command = queue.recv() => match command {
-                    Some(command) => self.on_command(command).await,
+                    Some(command) => Box::pin(self.on_command(command)).await,
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => self.on_timer().await,
+                _ = tokio::time::sleep_until(deadline) => Box::pin(self.on_timer()).await,
             }
             // Unsubscribe on last leave, unless a join is already queued for us.
             if self.linger.is_some_and(|l| l <= Instant::now()) {
