@@ -135,6 +135,8 @@ pub struct Limits {
 /// Bounds of the Engine.IO heartbeat settings (`fanout.ping_*_ms`).
 const MIN_PING_MS: u64 = 100;
 const MAX_PING_MS: u64 = 3_600_000;
+/// Most packets a socket may have queued (`fanout.socket_buffer`): its memory while it lags.
+const MAX_SOCKET_BUFFER: usize = 65_536;
 
 /// Fan-out tuning.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -310,6 +312,13 @@ impl Settings {
                  {MAX_PING_MS}"
             )));
         }
+        if !(1..=MAX_SOCKET_BUFFER).contains(&self.fanout.socket_buffer) {
+            // Zero would disconnect every socket at its first packet; the bound is a lagging
+            // socket's memory.
+            return Err(ConfigError::Invalid(format!(
+                "fanout.socket_buffer must be 1 to {MAX_SOCKET_BUFFER}"
+            )));
+        }
         if self.jetstream.max_deliver < 1
             || self.worker.batch_size == 0
             || self.worker.heartbeat_ms == 0
@@ -481,6 +490,17 @@ mod tests {
         }
         settings.fanout.ping_interval_ms = 300;
         settings.fanout.ping_timeout_ms = 300;
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn a_socket_buffer_of_zero_or_past_the_bound_is_refused() {
+        let mut settings = Settings::default();
+        for refused in [0, MAX_SOCKET_BUFFER + 1] {
+            settings.fanout.socket_buffer = refused;
+            assert!(settings.validate().is_err(), "{refused} accepted");
+        }
+        settings.fanout.socket_buffer = 1;
         assert!(settings.validate().is_ok());
     }
 

@@ -482,18 +482,12 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
-    // ALLO-PATCH: the send queue has no awaiting send; a full one (rare: a polling client 128
-    // packets behind) is retried until the upgrade's timeout, which wraps this handshake.
-    let mut noop: PacketBuf = smallvec![Packet::Noop];
-    loop {
-        match socket.internal_tx.try_send(noop) {
-            Ok(()) => break,
-            Err(TrySendError::Full(back)) => {
-                noop = back;
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            Err(TrySendError::Closed(_)) => return Err(Error::Upgrade),
-        }
+    // ALLO-PATCH: the send queue has no awaiting send, and needs none here: a poll waits only
+    // on an empty queue, so a full one has no waiting poll to release. (Upstream's awaiting
+    // send could wait for room that nothing would free: from here on polls get a Noop without
+    // draining the queue, so the upgrade timed out.)
+    if let Err(TrySendError::Closed(_)) = socket.internal_tx.try_send(smallvec![Packet::Noop]) {
+        return Err(Error::Upgrade);
     }
 
     // wait for any current polling connection to finish by waiting for the socket to be unlocked
