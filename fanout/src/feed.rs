@@ -26,10 +26,10 @@ use futures::StreamExt;
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::registry::{FeedCommand, FeedContext, Feeds, Registry};
+use crate::inbox::InboxGuard;
+use crate::registry::{FeedContext, Feeds, Registry};
 use crate::replay::{cut_off, load_events};
 
 /// Events fetched from the log per query when filling a gap.
@@ -84,8 +84,7 @@ impl Feed {
         ctx: Arc<FeedContext>,
         conversation: ConversationId,
         id: u64,
-        queue: mpsc::Receiver<FeedCommand>,
-        leaves: mpsc::UnboundedReceiver<Sid>,
+        inbox: InboxGuard,
         registry: Registry,
     ) {
         // The feed's task lives as long as the conversation has sockets here, and is as large
@@ -94,7 +93,7 @@ impl Feed {
         // hold twice (argument and binding). 2,560 → ~900 bytes per feed, by
         // `-Zprint-type-sizes` (bench/README.md).
         match Box::pin(Feed::start(ctx, conversation)).await {
-            Ok(feed) => feed.run(id, queue, leaves, registry).await,
+            Ok(feed) => feed.run(id, inbox, registry).await,
             Err(e) => {
                 tracing::warn!(error = %e, %conversation, "feed did not start");
                 Feeds::unregister(&registry, conversation, id);
@@ -143,13 +142,7 @@ impl Feed {
         }))
     }
 
-    async fn run(
-        mut self: Box<Self>,
-        id: u64,
-        mut queue: mpsc::Receiver<FeedCommand>,
-        mut leaves: mpsc::UnboundedReceiver<Sid>,
-        registry: Registry,
-    ) {
+    async fn run(mut self: Box<Self>, id: u64, inbox: InboxGuard, registry: Registry) {
         metrics::gauge!("allo_feeds_active").increment(1.0);
         let far = || Instant::now() + Duration::from_secs(3600);
         loop {
@@ -161,7 +154,11 @@ impl Feed {
             tokio::select! {
                 // Leaves first: a socket that left must stop receiving before anything else.
                 biased;
-                Some(sid) = leaves.recv() => Box::pin(self.on_leave(sid)).await,
+                () = inbox.leaves_ready() => {
+                    for sid in inbox.take_leaves() {
+                        Box::pin(self.on_leave(sid)).await;
+                    }
+                }
                 Some(msg) = self.events.next() => {
                     log_trace(&msg);
                     match serde_json::from_slice::<EventEnvelope>(&msg.payload) {
@@ -170,10 +167,11 @@ impl Feed {
                     }
                 }
                 Some(msg) = self.signals.next() => Box::pin(self.on_signal(msg)).await,
-                command = queue.recv() => match command {
-                    Some(command) => Box::pin(self.on_command(command)).await,
-                    None => break,
-                },
+                () = inbox.commands_ready() => {
+                    if let Some(command) = inbox.next_command() {
+                        Box::pin(self.on_command(command)).await;
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => Box::pin(self.on_timer()).await,
             }
             // Unsubscribe on last leave, unless a join is already queued for us.
@@ -183,7 +181,7 @@ impl Feed {
             let lingering = self.linger.is_some();
             if self.members.is_empty()
                 && !lingering
-                && registry.retire(self.conversation, id, &queue)
+                && registry.retire(self.conversation, id, &inbox)
             {
                 break;
             }

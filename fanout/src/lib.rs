@@ -7,7 +7,8 @@
 //! - [`socket`]: the handshake (token check, sockets per user) and the client events;
 //!   [`socket_state`]: what a socket holds.
 //! - [`join`]: `joinConversation` (bounds, membership check, replay, attach).
-//! - [`registry`]: the process's feeds, reached without waiting on any of them.
+//! - [`registry`]: the process's feeds, reached without waiting on any of them; `inbox`: what
+//!   socket handlers queue for a feed.
 //! - [`feed`]: one conversation's feed (ordering, gap fill, delivery, membership at its seq);
 //!   [`feed_join`]: its joins and leaves; [`feed_signal`]: its typing/presence signals.
 //! - [`replay`]: reading the event log for a resuming socket; cutting off a slow socket.
@@ -17,6 +18,7 @@
 pub mod feed;
 pub mod feed_join;
 pub mod feed_signal;
+mod inbox;
 pub mod join;
 pub mod limits;
 pub mod registry;

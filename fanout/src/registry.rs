@@ -1,11 +1,11 @@
 //! The feeds of this process: one per conversation a local socket joined, found through a
 //! registry that is never locked across an await.
 //!
-//! Socket handlers talk to a feed through two channels: a bounded one for joins and typing
-//! (`limits.fanout.feed_queue`; a full queue is refused at once with `busy`, so a conversation
-//! that is not keeping up delays nobody else) and an unbounded one for leaves (one per joined
-//! conversation of a socket, so bounded by `limits.fanout.joined_per_socket`), which must never
-//! be dropped: a socket that left must stop receiving.
+//! Socket handlers talk to a feed through its inbox (`crate::inbox`): a bounded queue for joins
+//! and typing (`limits.fanout.feed_queue`; a full queue is refused at once with `busy`, so a
+//! conversation that is not keeping up delays nobody else) and an unbounded list of leaves (one
+//! per joined conversation of a socket, so bounded by `limits.fanout.joined_per_socket`), which
+//! must never be dropped: a socket that left must stop receiving.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +17,10 @@ use allo_common::subjects::Subjects;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::feed::Feed;
+use crate::inbox::{Full, Inbox};
 
 /// What every feed of the process shares.
 pub struct FeedContext {
@@ -63,9 +64,7 @@ pub enum JoinOutcome {
     SlowConsumer,
 }
 
-/// Boxed, so that the command channel's slots are a pointer wide: tokio allocates a channel's
-/// slots 32 at a time up front, and every conversation a socket joined has one (an unboxed
-/// `JoinRequest` made that block 2.5 KB per feed).
+/// Boxed, so that a queued command is a pointer wide.
 pub enum FeedCommand {
     Join(Box<JoinRequest>),
     Typing(Box<TypingSignal>),
@@ -91,12 +90,11 @@ pub enum Refused {
 struct FeedHandle {
     /// Tells feeds apart when one ends and another starts for the same conversation.
     id: u64,
-    commands: mpsc::Sender<FeedCommand>,
-    leaves: mpsc::UnboundedSender<Sid>,
+    inbox: Arc<Inbox>,
 }
 
-/// The registry: conversation → its feed's channels. A std mutex, held only for map and
-/// `try_send` operations, never across an await.
+/// The registry: conversation → its feed's inbox. A std mutex, held only for map and inbox
+/// operations, never across an await.
 #[derive(Clone, Default)]
 pub struct Registry(Arc<Mutex<HashMap<ConversationId, FeedHandle>>>);
 
@@ -109,14 +107,9 @@ impl Registry {
 
     /// Removes the feed `id` of `conversation` if nothing is queued for it (checked under the
     /// lock senders use, so no command can slip in between); returns whether it was removed.
-    pub(crate) fn retire(
-        &self,
-        conversation: ConversationId,
-        id: u64,
-        queue: &mpsc::Receiver<FeedCommand>,
-    ) -> bool {
+    pub(crate) fn retire(&self, conversation: ConversationId, id: u64, inbox: &Inbox) -> bool {
         let mut registry = self.lock();
-        if !queue.is_empty() {
+        if inbox.has_commands() {
             return false;
         }
         if registry.get(&conversation).is_some_and(|h| h.id == id) {
@@ -156,44 +149,36 @@ impl Feeds {
         let mut registry = self.registry.lock();
         let mut command = command;
         if let Some(handle) = registry.get(&conversation) {
-            match handle.commands.try_send(command) {
+            match handle.inbox.command(command) {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(Full::Busy) => {
                     metrics::counter!("allo_feed_busy_total").increment(1);
                     return Err(Refused::Busy);
                 }
                 // The feed ended; start another.
-                Err(mpsc::error::TrySendError::Closed(back)) => command = back,
+                Err(Full::Closed(back)) => command = back,
             }
         }
         if matches!(command, FeedCommand::Typing(_)) {
             return Err(Refused::NoFeed);
         }
-        let (commands, queue) = mpsc::channel(self.ctx.limits.feed_queue.max(1));
-        let (leaves, left) = mpsc::unbounded_channel();
+        let (inbox, guard) = Inbox::new(self.ctx.limits.feed_queue);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if commands.try_send(command).is_err() {
-            return Err(Refused::Busy); // a fresh queue has room; unreachable in practice
+        if inbox.command(command).is_err() {
+            return Err(Refused::Busy); // a fresh inbox has room; unreachable in practice
         }
-        registry.insert(
-            conversation,
-            FeedHandle {
-                id,
-                commands,
-                leaves,
-            },
-        );
+        registry.insert(conversation, FeedHandle { id, inbox });
         drop(registry);
         let ctx = self.ctx.clone();
         let registry = self.registry.clone();
-        tokio::spawn(Feed::launch(ctx, conversation, id, queue, left, registry));
+        tokio::spawn(Feed::launch(ctx, conversation, id, guard, registry));
         Ok(())
     }
 
     /// Tells the conversation's feed that a socket left (never dropped, never waits).
     pub fn leave(&self, conversation: ConversationId, sid: Sid) {
         if let Some(handle) = self.registry.lock().get(&conversation) {
-            let _ = handle.leaves.send(sid);
+            handle.inbox.leave(sid);
         }
     }
 
