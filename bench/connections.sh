@@ -13,6 +13,7 @@
 #
 #   bench/connections.sh [--sockets 1000,18000] [--conversations 10000] [--replicas 1]
 #                        [--idle-secs 30] [--systems allo,node] [--rate 0] [--rate-secs 20]
+#                        [--drain-secs 10]
 #   bench/connections.sh --sockets 100000 --replicas 6 --rate 1000 --systems allo
 #   ALLO_BIN=/path/to/target/release bench/connections.sh …   # these binaries, no build
 # Any ALLO_* variable set by the caller reaches the Allo processes (e.g. ALLO_FANOUT__SOCKET_BUFFER).
@@ -20,7 +21,7 @@ set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
 source "$BENCH/../scripts/services.sh"
 
-sockets=1000,18000 conversations=10000 replicas=1 idle_secs=30 systems=allo,node rate=0 rate_secs=20
+sockets=1000,18000 conversations=10000 replicas=1 idle_secs=30 systems=allo,node rate=0 rate_secs=20 drain_secs=10
 while [ $# -gt 0 ]; do
   case $1 in
     --sockets) sockets=$2; shift 2 ;;
@@ -30,7 +31,8 @@ while [ $# -gt 0 ]; do
     --systems) systems=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --rate-secs) rate_secs=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --drain-secs) drain_secs=$2; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -133,7 +135,9 @@ measure() { # system, sockets, ids file, api url
   if [ "$rate" != 0 ]; then
     "$client" post --api "$api" --secret "$secret" --run "$run" --ids "$ids" --rate "$rate" --secs "$rate_secs" \
       >"$out/post-$sys-$n.out" 2>"$out/post-$sys-$n.err" || { log "post failed:"; cat "$out/post-$sys-$n.err" >&2; }
-    sleep 3 # the last deliveries
+    # The last deliveries: a message still undelivered this long after the posting ended is
+    # missing from `deliveries` (late or lost; expected: accepted × members).
+    sleep "$drain_secs"
     for p in "${cpids[@]}"; do kill -USR1 "$p"; done
     sleep 1
     lat=$(node -e '
