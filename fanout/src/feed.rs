@@ -90,7 +90,7 @@ impl Feed {
         // The feed's task lives as long as the conversation has sockets here, and is as large
         // as its largest state: the start-up and every handler that awaits are boxed (heap
         // only while they run), and so is the feed itself, which the task would otherwise
-        // hold twice (argument and binding). 2,560 → ~900 bytes per feed, by
+        // hold twice (argument and binding). Task cell 2,560 → 768 bytes per feed, by
         // `-Zprint-type-sizes` (bench/README.md).
         match Box::pin(Feed::start(ctx, conversation)).await {
             Ok(feed) => feed.run(id, inbox, registry).await,

@@ -53,6 +53,11 @@ struct State<T> {
 }
 
 impl<T> State<T> {
+    /// Whether one more item (sent or reserved) fits under `capacity`.
+    fn has_room(&self, capacity: usize) -> bool {
+        self.items.len() + self.reserved < capacity
+    }
+
     /// The first item; once the queue is empty again, a buffer grown by a burst is freed.
     fn pop(&mut self) -> Option<T> {
         let item = self.items.pop_front()?;
@@ -90,7 +95,7 @@ impl<T> Sender<T> {
         if state.receiver_closed {
             return Err(TrySendError::Closed(item));
         }
-        if state.items.len() + state.reserved >= self.0.capacity {
+        if !state.has_room(self.0.capacity) {
             return Err(TrySendError::Full(item));
         }
         self.0.push(state, item);
@@ -103,7 +108,7 @@ impl<T> Sender<T> {
         if state.receiver_closed {
             return Err(TrySendError::Closed(()));
         }
-        if state.items.len() + state.reserved >= self.0.capacity {
+        if !state.has_room(self.0.capacity) {
             return Err(TrySendError::Full(()));
         }
         state.reserved += 1;
