@@ -1,7 +1,8 @@
 //! The batched write path keeps every guarantee: a refused command inside a batch of committed
-//! ones, a batch that fails as a whole (settled one command at a time), and a worker killed in
-//! the middle of a backlog. Each builds a backlog while no worker runs, so the worker that
-//! starts takes it in multi-command batches (checked from its own metrics).
+//! ones, a batch that fails as a whole (settled one command at a time), a worker killed in
+//! the middle of a backlog, and a send racing a removal it did not see. Each builds a backlog
+//! while no worker runs, so the worker that starts takes it in multi-command batches (checked
+//! from its own metrics).
 
 use std::time::Duration;
 
@@ -244,6 +245,65 @@ async fn a_worker_killed_in_the_middle_of_a_backlog_loses_nothing_and_applies_no
     assert_eq!(texts.len() as i64, total, "every command applied");
     assert_eq!(distinct.len(), texts.len(), "none applied twice");
     assert_eq!(seqs, (1..=total + 1).collect::<Vec<i64>>(), "gap-free seqs");
+}
+
+/// A send whose statement waited for the conversation's lock while a removal committed is
+/// refused, not ordered after the removal: the statement read membership from its snapshot, so
+/// it aborts once it holds the lock, and the try on a new snapshot sees the removal. The
+/// removal here is made by hand, as a second process serving the partition would make it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_that_waited_for_a_removals_lock_is_refused() {
+    let (mut stack, conversation) = backlogged_stack(&[]).await;
+    let reply = stack
+        .post(
+            &stack.token("bob"),
+            "sendMessage",
+            json!({"conversationID": conversation, "message": "after my removal"}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    let command = id(&reply.body, "commandId");
+
+    let mut removal = stack.db.begin().await.expect("begin");
+    sqlx::query("UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1::uuid")
+        .bind(&conversation)
+        .execute(&mut *removal)
+        .await
+        .expect("take a seq");
+    sqlx::query(
+        "UPDATE participants SET left_at = now(), removed_by = 'alice'
+         WHERE conversation_id = $1::uuid AND user_id = 'bob'",
+    )
+    .bind(&conversation)
+    .execute(&mut *removal)
+    .await
+    .expect("remove bob");
+    let worker = stack.start_worker().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stack
+        .count(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND wait_event_type = 'Lock' AND query LIKE '%unnest($3::uuid[]%'",
+        )
+        .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the send never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    removal.commit().await.expect("commit the removal");
+
+    let outcome = stack.outcome(&stack.token("bob"), &command).await;
+    assert_eq!(outcome["status"], "rejected", "{outcome}");
+    assert_eq!(outcome["code"], "not_participant", "{outcome}");
+    assert_eq!(stack.count("SELECT count(*) FROM messages").await, 0);
+    assert!(
+        metric(&stack, &worker, "allo_batch_aborts_total").await >= 1.0,
+        "the statement aborted once it held the lock"
+    );
 }
 
 /// Overload is refused, not queued for ever: past the command backlog bound, ingress answers

@@ -56,13 +56,20 @@ impl Worker {
 
     /// Applies commands in one transaction, in the order given, and marks `published` (events
     /// of earlier batches now on the stream) in the same transaction, which saves a commit of
-    /// their own. `Err` means nothing was committed (connection trouble, deadlock, or a run of
-    /// sends that failed as a whole): the caller retries or falls back to one at a time.
+    /// their own. A batch of sends only is one statement, its own transaction, with no BEGIN
+    /// and COMMIT to wait for ([`send_batch`]). `Err` means the batch is to be retried or split
+    /// (connection trouble, deadlock, or a run of sends that failed as a whole): nothing was
+    /// committed, or, for an error after a batch of sends' statement (reading back an earlier
+    /// delivery's outcome), all of it, which a retry finds applied before.
     pub async fn apply_batch(
         &self,
         envelopes: &[&CommandEnvelope],
         published: &[PublishedMark],
     ) -> Result<BatchResults, sqlx::Error> {
+        if !envelopes.is_empty() && envelopes.iter().all(|e| as_send(&e.command).is_some()) {
+            let mut db = self.db().acquire().await?;
+            return send_batch::apply_alone(&mut db, envelopes, published).await;
+        }
         let mut tx = self.db().begin().await?;
         let starts_with_send = envelopes
             .first()
@@ -80,7 +87,7 @@ impl Worker {
                 .take_while(|e| as_send(&e.command).is_some())
                 .count();
             if sends > 0 {
-                // The first run marks the published events in its lock's round trip.
+                // The first run marks the published events in its own statement.
                 results.extend(send_batch::apply(&mut tx, &rest[..sends], marks).await?);
                 marks = &[];
                 rest = &rest[sends..];

@@ -1,16 +1,22 @@
-//! The send family applied as a set: a run of consecutive sends in a batch costs three
-//! statements, whatever its length, instead of about ten per command.
+//! The send family applied as a set: a run of consecutive sends in a batch is one statement,
+//! whatever its length, instead of about ten per command.
 //!
-//! 1. Lock the conversations the run touches (in id order, so two writers never deadlock),
-//!    marking the lane's already published events on the way.
-//! 2. One statement reads, after the lock, who is a participant and which commands were
-//!    already applied, reserves each conversation's seqs by count, and writes the messages,
-//!    their `message` events and every new command's row (committed, or rejected with why).
+//! The statement marks the lane's already published events, reads who is a participant and
+//! which commands were already applied, locks the conversations the run touches (in id order,
+//! so two writers never deadlock), reserves each conversation's seqs by count, and writes the
+//! messages, their `message` events and every new command's row (committed, or rejected with
+//! why). A batch of sends only is that one statement on its own, with no BEGIN and COMMIT
+//! around it: one round trip and one WAL flush per batch ([`crate::apply`]).
 //!
-//! With BEGIN and COMMIT that is four round trips and one WAL flush per batch.
-//!
-//! Reading membership only once the conversation is locked matters: a removal commits under
-//! the same lock, so a send is either before it in seq order or refused.
+//! Membership is read from the statement's snapshot, taken before it waits for a
+//! conversation's lock. Normally nothing can change it meanwhile: every command that changes
+//! a conversation's members is routed, like its sends, to the one lane that applies the
+//! conversation's commands (crate::pool), one batch after another. But a partition may
+//! briefly be served twice (crate::membership), and the other pools lock conversations too,
+//! so the statement checks, once it holds the locks, that no conversation took an event
+//! since the snapshot (every membership change is one); if one did, it aborts, commits
+//! nothing, and is tried again on a new snapshot ([`apply_alone`]), so a send is either before
+//! a removal in seq order or refused.
 
 use allo_common::command::{Command, CommandEnvelope, CommandStatus, load_outcome};
 use allo_common::event::{Actor, EventEnvelope, EventType};
@@ -35,12 +41,42 @@ pub fn as_send(command: &Command) -> Option<&SendMessage> {
     }
 }
 
-/// Applies a run of sends inside the caller's transaction; one result per envelope, in order.
-/// `marks` (events of earlier batches now on the stream) are marked published in the same
-/// round trip as the lock. `Err` means the run failed as a whole (the caller rolls back and
-/// falls back to one command at a time). Every envelope must carry a send ([`as_send`]).
+/// SQLSTATE of `allo_abort`: the statement committed nothing (see `fence` in [`WRITE_RUN`]).
+const ABORTED: &str = "AL000";
+
+/// Times a batch of sends is tried again after its statement aborted before it is applied one
+/// command at a time. Each try takes a new snapshot, so only another change while it waits
+/// for a lock aborts it again.
+const ABORTED_TRIES: u32 = 3;
+
+/// Applies a batch of sends only, the statement being its own transaction ([`apply`]); a try
+/// that aborted because a conversation changed while it waited for the lock is made again.
+pub async fn apply_alone(
+    db: &mut PgConnection,
+    run: &[&CommandEnvelope],
+    marks: &[PublishedMark],
+) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
+    let mut tries = 1;
+    loop {
+        match apply(db, run, marks).await {
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some(ABORTED) && tries < ABORTED_TRIES =>
+            {
+                tries += 1;
+                metrics::counter!("allo_batch_aborts_total").increment(1);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Applies a run of sends on `db` (a transaction, or a connection for a batch of sends only,
+/// where the statement is its own transaction); one result per envelope, in order. `marks`
+/// (events of earlier batches now on the stream) are marked published by the same statement.
+/// `Err` means the run failed as a whole (the caller rolls back and falls back to one command
+/// at a time). Every envelope must carry a send ([`as_send`]).
 pub async fn apply(
-    tx: &mut PgConnection,
+    db: &mut PgConnection,
     run: &[&CommandEnvelope],
     marks: &[PublishedMark],
 ) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
@@ -48,25 +84,11 @@ pub async fn apply(
         .iter()
         .map(|e| as_send(&e.command).ok_or_else(|| not_a_send(e)))
         .collect::<Result<_, _>>()?;
-    let mut conversations: Vec<ConversationId> = sends.iter().map(|s| s.conversation_id).collect();
-    conversations.sort();
-    conversations.dedup();
-    let (marked, stream_seqs) = split_marks(marks);
-    sqlx::query(concat!(
-        mark_published_ctes!(),
-        " SELECT id FROM conversations WHERE id = ANY($3) ORDER BY id FOR UPDATE"
-    ))
-    .bind(marked)
-    .bind(stream_seqs)
-    .bind(&conversations)
-    .execute(&mut *tx)
-    .await?;
-
     let mut rows = Rows::default();
     for (envelope, send) in run.iter().zip(&sends) {
         rows.push(envelope, send);
     }
-    let written = rows.write(tx).await?;
+    let written = rows.write(&mut *db, marks).await?;
     if written.len() != run.len() {
         return Err(sqlx::Error::Protocol(format!(
             "the run's statement answered for {} of {} commands",
@@ -74,7 +96,6 @@ pub async fn apply(
             run.len()
         )));
     }
-
     let mut results = Vec::with_capacity(run.len());
     for ((envelope, send), row) in run.iter().zip(&sends).zip(written) {
         let applied = match row {
@@ -82,7 +103,7 @@ pub async fn apply(
                 applied_before: true,
                 ..
             } => {
-                let stored = load_outcome(&mut *tx, envelope.command_id).await?;
+                let stored = load_outcome(&mut *db, envelope.command_id).await?;
                 Applied::Duplicate {
                     outcome: stored.map(|(_, o)| o).unwrap_or_else(|| {
                         outcome_of(envelope, CommandStatus::Committed, None, None)
@@ -198,10 +219,17 @@ impl<'a> Rows<'a> {
         self.event_at.push(Utc::now());
     }
 
-    async fn write(self, tx: &mut PgConnection) -> Result<Vec<Written>, sqlx::Error> {
+    async fn write(
+        self,
+        db: &mut PgConnection,
+        marks: &[PublishedMark],
+    ) -> Result<Vec<Written>, sqlx::Error> {
         let not_found = participant_refusal(false);
         let not_participant = participant_refusal(true);
+        let (marked, stream_seqs) = split_marks(marks);
         let rows: Vec<WrittenRow> = sqlx::query(WRITE_RUN)
+            .bind(marked)
+            .bind(stream_seqs)
             .bind(&self.command_ids)
             .bind(&self.actors)
             .bind(&self.operations)
@@ -233,7 +261,7 @@ impl<'a> Rows<'a> {
                     row.try_get(6)?,
                 ))
             })
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *db)
             .await?;
         Ok(rows
             .into_iter()
@@ -252,25 +280,31 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// The check and the write of a run in one round trip, read after the conversations are
-/// locked: membership and "applied before" per command; seqs reserved by count per
-/// conversation (`base + rank` among its accepted sends, in run order); messages, their
-/// events (the message as reads show it) and the rows of new commands. One answer row per
-/// command, in run order.
-const WRITE_RUN: &str = "
-WITH u AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::uuid[],
-                         $6::uuid[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[],
-                         $12::text[], $13::timestamptz[], $14::uuid[], $15::timestamptz[])
+/// A run's marks, checks and writes in one round trip. The lane's published marks are bound
+/// as `$1` and `$2` (the CTEs of [`mark_published_ctes`]); then, read from the statement's
+/// snapshot (see the module's note): membership and "applied before" per command; the
+/// conversations locked in id order, and their seqs reserved by count (`base + rank` among
+/// each one's accepted sends, in run order); messages, their events (the message as reads
+/// show it) and the rows of new commands. One answer row per command, in run order.
+const WRITE_RUN: &str = concat!(
+    mark_published_ctes!(),
+    ",",
+    "
+u AS (
+    SELECT * FROM unnest($3::uuid[], $4::text[], $5::text[], $6::timestamptz[], $7::uuid[],
+                         $8::uuid[], $9::text[], $10::text[], $11::text[], $12::bool[], $13::text[],
+                         $14::text[], $15::timestamptz[], $16::uuid[], $17::timestamptz[])
          WITH ORDINALITY AS u(cmd, actor, op, accepted_at, message_id, conv, kind, body,
                               attachments, encrypted, algorithm, signature, expires_at,
                               event_id, event_at, i)
 ), chk AS (
     -- One keyed lookup per command each (LATERAL ... LIMIT 1): the generic plan is made once
     -- per connection, and as a join it could pick a full scan of a table that was small then.
-    SELECT u.*, c.ex IS NOT NULL AS ex, p.member IS NOT NULL AS member, d.dup IS NOT NULL AS dup
+    SELECT u.*, c.seen IS NOT NULL AS ex, c.seen, p.member IS NOT NULL AS member,
+           d.dup IS NOT NULL AS dup
     FROM u
-    LEFT JOIN LATERAL (SELECT true AS ex FROM conversations c WHERE c.id = u.conv LIMIT 1) c ON true
+    LEFT JOIN LATERAL (SELECT c.last_seq AS seen FROM conversations c WHERE c.id = u.conv
+                       LIMIT 1) c ON true
     LEFT JOIN LATERAL (SELECT true AS member FROM participants p
                        WHERE p.conversation_id = u.conv AND p.user_id = u.actor
                          AND p.left_at IS NULL LIMIT 1) p ON true
@@ -278,11 +312,24 @@ WITH u AS (
 ), ok AS (
     SELECT chk.*, row_number() OVER (PARTITION BY conv ORDER BY i) AS rank
     FROM chk WHERE member AND NOT dup
+), lk AS (
+    -- The conversations' locks, taken in id order: the UPDATE below touches only rows this
+    -- has locked, so two writers never lock two conversations in opposite orders. FOR UPDATE
+    -- answers the row as it is once locked, which may be newer than the snapshot.
+    SELECT c.id, c.last_seq FROM conversations c WHERE c.id IN (SELECT conv FROM ok)
+    ORDER BY c.id FOR UPDATE
 ), r AS (
+    -- Only conversations unchanged since the snapshot: `seen` is their last_seq then.
     UPDATE conversations c SET last_seq = c.last_seq + n.cnt
-    FROM (SELECT conv, count(*) AS cnt FROM ok GROUP BY conv) AS n
+    FROM (SELECT conv, count(*) AS cnt, min(seen) AS seen FROM ok GROUP BY conv) AS n
+         JOIN lk ON lk.id = n.conv AND lk.last_seq = n.seen
     WHERE c.id = n.conv
     RETURNING c.id, c.last_seq - n.cnt AS base
+), fence AS (
+    -- A conversation that took an event while this waited for its lock (a membership change,
+    -- from a second process serving the partition) voids what was read: nothing commits.
+    SELECT allo_abort('a conversation changed while the run waited for its lock') AS aborted
+    WHERE (SELECT count(*) FROM r) <> (SELECT count(DISTINCT conv) FROM ok)
 ), m AS (
     INSERT INTO messages (id, conversation_id, seq, author_id, kind, body, attachments, encrypted,
                           encryption_algorithm, signature, expires_at, created_at, command_id)
@@ -314,12 +361,13 @@ WITH u AS (
     INSERT INTO commands (id, actor_id, operation, status, error_code, error_message, accepted_at)
     SELECT chk.cmd, chk.actor, chk.op,
            CASE WHEN chk.member THEN 'committed' ELSE 'rejected' END,
-           CASE WHEN chk.member THEN NULL WHEN chk.ex THEN $18 ELSE $16 END,
-           CASE WHEN chk.member THEN NULL WHEN chk.ex THEN $19 ELSE $17 END,
+           CASE WHEN chk.member THEN NULL WHEN chk.ex THEN $20 ELSE $18 END,
+           CASE WHEN chk.member THEN NULL WHEN chk.ex THEN $21 ELSE $19 END,
            chk.accepted_at
     FROM chk
     WHERE NOT chk.dup
 )
 SELECT chk.ex, chk.member, chk.dup, e.id, e.at, e.seq, e.data
-FROM chk LEFT JOIN e ON e.command_id = chk.cmd
-ORDER BY chk.i";
+FROM chk LEFT JOIN e ON e.command_id = chk.cmd LEFT JOIN fence ON true
+ORDER BY chk.i"
+);
