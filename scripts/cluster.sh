@@ -67,7 +67,7 @@ urls=()
 for i in $(seq 0 $((nodes - 1))); do
   port=$((base + i))
   reachable 127.0.0.1 "$port" && { log "port $port is taken: stop what runs there or set ALLO_CLUSTER_PORT"; exit 1; }
-  (cd "$dir/n$i" && exec "$nats_bin" -c nats.conf) >"$dir/n$i.log" 2>&1 &
+  (cd "$dir/n$i" && GOMAXPROCS=$ALLO_NATS_GOMAXPROCS exec "$nats_bin" -c nats.conf) >"$dir/n$i.log" 2>&1 &
   remember_pid process $!
   urls+=("nats://127.0.0.1:$port")
 done

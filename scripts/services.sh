@@ -9,6 +9,13 @@ ALLO_ROOT="${ALLO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 ALLO_DATA="${ALLO_DATA:-$ALLO_ROOT/.data}"
 STARTED_PIDS_FILE=""
 
+# Everything these scripts start shares this host's cores, so each service runs one runtime
+# thread (they scale by processes; README, "Speed"), and a NATS server started here one Go
+# scheduler thread (GOMAXPROCS): on 2 cores both cut the cross-thread wake-ups that cost more
+# CPU than the work. Set either to use more.
+export ALLO_RUNTIME_THREADS="${ALLO_RUNTIME_THREADS:-1}"
+ALLO_NATS_GOMAXPROCS="${ALLO_NATS_GOMAXPROCS:-1}"
+
 log() { printf '[allo] %s\n' "$*" >&2; }
 
 # host and port of a URL like scheme://[user[:pass]@]host:port[/path]
@@ -72,7 +79,7 @@ ensure_nats() {
   mkdir -p "$store" "$ALLO_DATA/logs"
   log "starting nats-server on $host:$port (store $store)"
   # nats.conf's store_dir is relative: run from a per-port folder so each server has its own.
-  (cd "$store" && exec "$bin" -c "$ALLO_ROOT/nats.conf" -a "$host" -p "$port") >"$ALLO_DATA/logs/nats-$port.log" 2>&1 &
+  (cd "$store" && GOMAXPROCS=$ALLO_NATS_GOMAXPROCS exec "$bin" -c "$ALLO_ROOT/nats.conf" -a "$host" -p "$port") >"$ALLO_DATA/logs/nats-$port.log" 2>&1 &
   remember_pid process $!
   wait_reachable "$host" "$port" nats-server
 }

@@ -32,8 +32,7 @@ enum Cmd {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load()?;
     match cli.command {
@@ -58,7 +57,10 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             allo_common::telemetry::init();
-            allo_api::serve(settings, allo_common::telemetry::shutdown_signal()).await
+            allo_common::runtime::build(&settings)?.block_on(allo_api::serve(
+                settings,
+                allo_common::telemetry::shutdown_signal(),
+            ))
         }
     }
 }

@@ -55,6 +55,11 @@ pub struct Settings {
     pub migrate_on_start: bool,
     /// Postgres connections per process: bounded so N processes cannot exhaust the server.
     pub database_max_connections: u32,
+    /// Threads of each service's async runtime; 0 = one per core (tokio's default). Where all
+    /// the services share a few cores (`scripts/run.sh`, the benchmarks), 1 each: they scale by
+    /// processes, and every extra thread per process only adds cross-thread wake-ups
+    /// (bench/README.md, "Runtime threads").
+    pub runtime_threads: usize,
     pub jetstream: JetStreamSettings,
     pub limits: Limits,
     pub worker: WorkerSettings,
@@ -132,6 +137,8 @@ pub struct Limits {
     pub fanout: FanoutLimits,
 }
 
+/// Most runtime threads a service may ask for (`runtime_threads`).
+const MAX_RUNTIME_THREADS: usize = 1024;
 /// Bounds of the Engine.IO heartbeat settings (`fanout.ping_*_ms`).
 const MIN_PING_MS: u64 = 100;
 const MAX_PING_MS: u64 = 3_600_000;
@@ -175,6 +182,7 @@ impl Default for Settings {
             subject_prefix: "allo".into(),
             migrate_on_start: true,
             database_max_connections: 10,
+            runtime_threads: 0,
             jetstream: JetStreamSettings {
                 duplicate_window_secs: 600,
                 event_max_age_secs: 7 * 24 * 3600,
@@ -218,7 +226,7 @@ impl Default for Settings {
             },
             worker: WorkerSettings {
                 batch_size: 64,
-                concurrency: 2,
+                concurrency: 1,
                 linger_ms: 8,
                 relay_interval_ms: 1000,
                 relay_grace_ms: 2000,
@@ -281,6 +289,11 @@ impl Settings {
                  for the relay and the scheduler"
                     .into(),
             ));
+        }
+        if self.runtime_threads > MAX_RUNTIME_THREADS {
+            return Err(ConfigError::Invalid(format!(
+                "runtime_threads must be at most {MAX_RUNTIME_THREADS} (0: one per core)"
+            )));
         }
         let limits = &self.limits;
         if limits.api_max_in_flight == 0

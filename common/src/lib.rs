@@ -10,6 +10,7 @@
 //! - [`subjects`]: every NATS subject and stream name, derived from the subject prefix.
 //! - [`jetstream`]: idempotent stream and consumer provisioning.
 //! - [`db`]: Postgres pool and the embedded migrations.
+//! - [`runtime`]: the tokio runtime each binary runs on, sized by its settings.
 //! - [`dead_letters`]: operators' list/show/replay/discard (the workers' CLI and the API's
 //!   admin routes share it).
 //! - [`error`]: domain error codes shared by workers (who find them) and ingress (who maps them).
@@ -26,6 +27,7 @@ pub mod ingress;
 pub mod jetstream;
 pub mod ops;
 pub mod partition;
+pub mod runtime;
 pub mod subjects;
 pub mod telemetry;
 pub mod text;

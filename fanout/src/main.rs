@@ -25,9 +25,11 @@ extern "C" fn allocator_options() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     allo_common::telemetry::init();
     let settings = allo_common::Settings::load()?;
-    allo_fanout::serve(settings, allo_common::telemetry::shutdown_signal()).await
+    allo_common::runtime::build(&settings)?.block_on(allo_fanout::serve(
+        settings,
+        allo_common::telemetry::shutdown_signal(),
+    ))
 }

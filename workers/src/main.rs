@@ -89,14 +89,17 @@ fn parse_pool(raw: &str) -> Result<Pool, String> {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::DeadLetters(_)) => allo_common::telemetry::init_for_tool(),
         _ => allo_common::telemetry::init(),
     }
     let settings = Settings::load()?;
+    allo_common::runtime::build(&settings)?.block_on(run(cli, settings))
+}
+
+async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Some(Cmd::Migrate) => {
             let db = allo_common::db::connect(&settings)
