@@ -226,7 +226,7 @@ impl Default for Settings {
             },
             worker: WorkerSettings {
                 batch_size: 64,
-                concurrency: 1,
+                concurrency: 2,
                 linger_ms: 8,
                 relay_interval_ms: 1000,
                 relay_grace_ms: 2000,

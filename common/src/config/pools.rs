@@ -36,10 +36,10 @@ pub struct WorkerSettings {
     /// Lanes per pool in one process: batches applied at once, each lane owning the
     /// conversations that hash to it (each batch is one transaction holding one database
     /// connection). Fewer lanes make larger batches, so fewer transactions: on 2 cores, 2 lanes
-    /// cost Postgres about 1.3 times the CPU of 1 at 1,000-2,000 msgs/s, 4 about twice 2
-    /// (bench/openloop.sh). One lane drains a backlog ~30 % slower than two on 2 cores
-    /// (bench/drain.sh); a second process, or more lanes, win it back. Raise it with the
-    /// database's cores.
+    /// cost Postgres about 1.3 times the CPU of 1 at 1,000-2,000 msgs/s, 4 about twice 2; but
+    /// with one lane a batch waits for the one before it, and p99 rose from ~60 to ~100 ms at
+    /// 2,000-2,500 msgs/s (bench/openloop.sh, bench/README.md "Runtime threads"), so 2. Raise
+    /// it with the database's cores.
     pub concurrency: usize,
     /// Longest a busy lane waits for more commands before applying a batch, in ms (0: never;
     /// at most 1,000).
