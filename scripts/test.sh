@@ -64,6 +64,8 @@ status=0
 cargo test --workspace --all-targets --no-fail-fast -- --test-threads "${ALLO_TEST_THREADS:-4}" 2>&1 | tee "$results" || status=$?
 # The vendored engineioxide carries Allo's heartbeat patch and its tests (vendor/engineioxide/ALLO-PATCH.md).
 cargo test -p engineioxide --lib 2>&1 | tee -a "$results" || status=$?
+# So does the vendored async-nats, with its subscription queue (vendor/async-nats/ALLO-PATCH.md).
+cargo test -p async-nats --lib 2>&1 | tee -a "$results" || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 read -r passed failed < <(grep -E '^test result:' "$results" | awk '{p += $4; f += $6} END {print p + 0, f + 0}')
 echo "tests: $passed passed, $failed failed"

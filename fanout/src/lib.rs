@@ -44,7 +44,7 @@ use crate::state::Fanout;
 /// Time given to queued disconnect packets at shutdown.
 const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_millis(300);
 /// Initial size of each websocket's read buffer (see `serve`).
-const WS_READ_BUFFER: usize = 256;
+const WS_READ_BUFFER: usize = 128;
 
 /// Connects, serves Socket.IO and health routes on `fanout_addr` until `shutdown`.
 pub async fn serve(

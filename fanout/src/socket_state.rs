@@ -1,7 +1,6 @@
 //! What a socket holds: the conversations it joined (and is joining, bounded by
 //! `limits.fanout.joined_per_socket`) and its typing rate.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -31,8 +30,45 @@ struct Inner {
 
 #[derive(Default)]
 struct Joined {
-    joined: HashSet<ConversationId>,
-    joining: HashSet<ConversationId>,
+    joined: Conversations,
+    joining: Conversations,
+}
+
+/// A set of conversations as a vector: a socket joins a few (at most `joined_per_socket`), and
+/// most sockets one, which a vector holds in 64 bytes where a hash set took ~100 plus its
+/// hasher's state; a scan of at most a few hundred ids is cheap.
+#[derive(Default)]
+struct Conversations(Vec<ConversationId>);
+
+impl Conversations {
+    fn contains(&self, conversation: &ConversationId) -> bool {
+        self.0.contains(conversation)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it was not there yet.
+    fn insert(&mut self, conversation: ConversationId) -> bool {
+        let new = !self.contains(&conversation);
+        if new {
+            self.0.push(conversation);
+        }
+        new
+    }
+
+    /// Whether it was there; an emptied set gives its memory back.
+    fn remove(&mut self, conversation: &ConversationId) -> bool {
+        let Some(at) = self.0.iter().position(|c| c == conversation) else {
+            return false;
+        };
+        self.0.swap_remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        true
+    }
 }
 
 /// A join under way; its place under `joined_per_socket` is given back when it is dropped.
@@ -90,7 +126,7 @@ impl SocketState {
     }
 
     pub(crate) fn all_joined(&self) -> Vec<ConversationId> {
-        self.with(|c| c.joined.iter().copied().collect())
+        self.with(|c| c.joined.0.clone())
     }
 
     /// The `typing` rate limit's clock.
@@ -110,5 +146,32 @@ impl SocketState {
     /// Records a warning about the token expiring at `expires_at`; false if already sent.
     pub(crate) fn warn_once(&self, expires_at: i64) -> bool {
         self.0.warned_for.swap(expires_at, Ordering::AcqRel) != expires_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_counts_once_against_the_bound_and_a_leave_gives_its_place_back() {
+        let state = SocketState::default();
+        let id = |raw: &str| ConversationId::parse(raw).expect("uuid");
+        let a = id("00000000-0000-4000-8000-000000000001");
+        let b = id("00000000-0000-4000-8000-000000000002");
+        let first = state.reserve(a, 1).expect("room for one");
+        assert!(state.reserve(b, 1).is_none(), "a join under way counts");
+        state.joined(a);
+        drop(first);
+        assert!(
+            state.reserve(a, 1).is_some(),
+            "a joined conversation needs no place"
+        );
+        assert!(state.reserve(b, 1).is_none(), "the joined one counts");
+        state.joined(a);
+        assert_eq!(state.all_joined(), vec![a], "joined once");
+        assert!(state.left(a));
+        assert!(!state.left(a), "left once");
+        assert!(state.reserve(b, 1).is_some());
     }
 }

@@ -803,7 +803,7 @@ impl Client {
             .map_err(|e| SubscribeError::with_source(SubscribeErrorKind::InvalidSubject, e))?;
 
         let sid = self.next_subscription_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = mpsc::channel(self.subscription_capacity);
+        let (sender, receiver) = crate::subscription_queue::channel(self.subscription_capacity);
 
         self.sender
             .send(Command::Subscribe {
@@ -852,7 +852,7 @@ impl Client {
         }
 
         let sid = self.next_subscription_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = mpsc::channel(self.subscription_capacity);
+        let (sender, receiver) = crate::subscription_queue::channel(self.subscription_capacity);
 
         self.sender
             .send(Command::Subscribe {

@@ -253,6 +253,7 @@ pub mod client;
 pub mod connection;
 mod connector;
 mod options;
+mod subscription_queue;
 
 pub use auth::Auth;
 pub use client::{
@@ -396,7 +397,7 @@ pub(crate) enum Command {
         sid: u64,
         subject: Subject,
         queue_group: Option<String>,
-        sender: mpsc::Sender<Box<Message>>,
+        sender: subscription_queue::Sender,
     },
     Unsubscribe {
         sid: u64,
@@ -444,9 +445,9 @@ pub(crate) enum ClientOp {
 #[derive(Debug)]
 struct Subscription {
     subject: Subject,
-    // Boxed (Allo's patch): tokio allocates a channel's slots 32 at a time when the channel
-    // is created, so an idle subscription costs 32 slots; a `Message` slot is ~180 bytes.
-    sender: mpsc::Sender<Box<Message>>,
+    // Allo's patch: a queue of boxed messages allocated only while messages wait (tokio's
+    // mpsc allocated 32 slots and ~0.5 KB of state up front per subscription).
+    sender: subscription_queue::Sender,
     queue_group: Option<String>,
     delivered: u64,
     max: Option<u64>,
@@ -768,14 +769,14 @@ impl ConnectionHandler {
                                 }
                             }
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(subscription_queue::TrySendError::Full(_)) => {
                             debug!("slow consumer detected for subscription {}", sid);
                             self.connector
                                 .events_tx
                                 .try_send(Event::SlowConsumer(sid))
                                 .ok();
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                        Err(subscription_queue::TrySendError::Closed(_)) => {
                             debug!("subscription {} channel closed", sid);
                             self.subscriptions.remove(&sid);
                             self.connection
@@ -1297,7 +1298,7 @@ impl From<io::Error> for ConnectError {
 #[derive(Debug)]
 pub struct Subscriber {
     sid: u64,
-    receiver: mpsc::Receiver<Box<Message>>,
+    receiver: subscription_queue::Receiver,
     sender: mpsc::Sender<Command>,
 }
 
@@ -1305,7 +1306,7 @@ impl Subscriber {
     fn new(
         sid: u64,
         sender: mpsc::Sender<Command>,
-        receiver: mpsc::Receiver<Box<Message>>,
+        receiver: subscription_queue::Receiver,
     ) -> Subscriber {
         Subscriber {
             sid,
@@ -2044,7 +2045,7 @@ mod tests {
         let (sender, mut receiver) = mpsc::channel(1);
         sender.try_send(Command::Reconnect).unwrap();
 
-        let (_message_sender, message_receiver) = mpsc::channel(1);
+        let (_message_sender, message_receiver) = subscription_queue::channel(1);
         let subscriber = Subscriber::new(sid, sender, message_receiver);
         drop(subscriber);
 
@@ -2063,7 +2064,7 @@ mod tests {
         let sid = 17;
         let (sender, mut receiver) = mpsc::channel(1);
 
-        let (_message_sender, message_receiver) = mpsc::channel(1);
+        let (_message_sender, message_receiver) = subscription_queue::channel(1);
         let subscriber = Subscriber::new(sid, sender, message_receiver);
         drop(subscriber);
 
@@ -2081,7 +2082,7 @@ mod tests {
         let (sender, mut receiver) = mpsc::channel(1);
         sender.try_send(Command::Reconnect).unwrap();
 
-        let (_message_sender, message_receiver) = mpsc::channel(1);
+        let (_message_sender, message_receiver) = subscription_queue::channel(1);
         let subscriber = Subscriber::new(7, sender, message_receiver);
         drop(subscriber);
 
@@ -2097,7 +2098,7 @@ mod tests {
         let (sender, receiver) = mpsc::channel(1);
         drop(receiver);
 
-        let (_message_sender, message_receiver) = mpsc::channel(1);
+        let (_message_sender, message_receiver) = subscription_queue::channel(1);
         let subscriber = Subscriber::new(9, sender, message_receiver);
         drop(subscriber);
     }
@@ -2107,7 +2108,7 @@ mod tests {
         let (sender, receiver) = mpsc::channel(1);
         drop(receiver);
 
-        let (_message_sender, message_receiver) = mpsc::channel(1);
+        let (_message_sender, message_receiver) = subscription_queue::channel(1);
         let subscriber = Subscriber::new(11, sender, message_receiver);
         drop(subscriber);
 
