@@ -518,6 +518,15 @@ mod tests {
     }
 
     #[test]
+    fn runtime_threads_past_the_bound_are_refused() {
+        let mut settings = Settings::default();
+        settings.runtime_threads = MAX_RUNTIME_THREADS + 1;
+        assert!(settings.validate().is_err());
+        settings.runtime_threads = MAX_RUNTIME_THREADS;
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
     fn a_lane_linger_past_a_second_is_refused() {
         let mut settings = Settings::default();
         settings.worker.linger_ms = 1000;
