@@ -519,8 +519,10 @@ mod tests {
 
     #[test]
     fn runtime_threads_past_the_bound_are_refused() {
-        let mut settings = Settings::default();
-        settings.runtime_threads = MAX_RUNTIME_THREADS + 1;
+        let mut settings = Settings {
+            runtime_threads: MAX_RUNTIME_THREADS + 1,
+            ..Settings::default()
+        };
         assert!(settings.validate().is_err());
         settings.runtime_threads = MAX_RUNTIME_THREADS;
         assert!(settings.validate().is_ok());
